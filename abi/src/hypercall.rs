@@ -1,0 +1,320 @@
+//! Hypercall numbers, sub-operations and argument structures.
+//!
+//! # Calling convention (x86_64)
+//! A guest kernel executes `syscall` (or `int 0x82`, the second, measurable entry path;
+//! both reach the same table) with:
+//!
+//! | register | meaning |
+//! |---|---|
+//! | `rax` | hypercall number ([`HypercallNr`]) |
+//! | `rdi`, `rsi`, `rdx`, `r10`, `r8` | arguments 1..5 |
+//! | `rax` (out) | result: `>= 0` success, `-errno` failure ([`crate::Errno`]) |
+//!
+//! `syscall` itself clobbers `rcx` and `r11`; the hypervisor preserves every other
+//! register. Unknown numbers return `-ENOSYS`. Numbers are Xen's (`xen/include/public/xen.h`);
+//! the ones this hypervisor does not implement yet also return `-ENOSYS`.
+
+use crate::errno::Errno;
+
+/// Hypercall numbers (Xen's `__HYPERVISOR_*` values).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HypercallNr {
+    /// Register the virtual trap table.
+    SetTrapTable = 0,
+    /// Batched page-table updates by machine address.
+    MmuUpdate = 1,
+    /// Register GDT frames.
+    SetGdt = 2,
+    /// Set the kernel stack used for bounces from guest user mode.
+    StackSwitch = 3,
+    /// Register event/failsafe/syscall callbacks.
+    SetCallbacks = 4,
+    /// Set/clear the virtual CR0.TS.
+    FpuTaskswitch = 5,
+    /// Memory reservation operations.
+    MemoryOp = 12,
+    /// Execute a batch of hypercalls in one entry ([`MulticallEntry`]).
+    Multicall = 13,
+    /// Update one PTE by virtual address.
+    UpdateVaMapping = 14,
+    /// One-shot timer.
+    SetTimerOp = 15,
+    /// Version and feature queries ([`XenVersionCmd`]).
+    XenVersion = 17,
+    /// Console output/input ([`ConsoleIoCmd`]).
+    ConsoleIo = 18,
+    /// Grant-table operations.
+    GrantTableOp = 20,
+    /// Enable optional hypervisor assists.
+    VmAssist = 21,
+    /// Return from a bounced exception/event.
+    Iret = 23,
+    /// Per-vCPU operations.
+    VcpuOp = 24,
+    /// Extended MMU operations (pin, new base pointer, TLB flushes).
+    MmuextOp = 26,
+    /// Scheduler operations ([`SchedOpCmd`]).
+    SchedOp = 29,
+    /// Event-channel operations.
+    EventChannelOp = 32,
+    /// Physical-device operations (dom0).
+    PhysdevOp = 33,
+    /// System-wide control (dom0).
+    Sysctl = 35,
+    /// Domain control (dom0).
+    Domctl = 36,
+    /// Project extension (first arch-specific slot, `__HYPERVISOR_arch_0`): returns the
+    /// caller's domain id. Xen guests read it from xenstore; ours need it before xenstore
+    /// exists.
+    DomainId = 48,
+}
+
+impl HypercallNr {
+    /// Every defined number.
+    pub const ALL: [HypercallNr; 23] = [
+        HypercallNr::SetTrapTable,
+        HypercallNr::MmuUpdate,
+        HypercallNr::SetGdt,
+        HypercallNr::StackSwitch,
+        HypercallNr::SetCallbacks,
+        HypercallNr::FpuTaskswitch,
+        HypercallNr::MemoryOp,
+        HypercallNr::Multicall,
+        HypercallNr::UpdateVaMapping,
+        HypercallNr::SetTimerOp,
+        HypercallNr::XenVersion,
+        HypercallNr::ConsoleIo,
+        HypercallNr::GrantTableOp,
+        HypercallNr::VmAssist,
+        HypercallNr::Iret,
+        HypercallNr::VcpuOp,
+        HypercallNr::MmuextOp,
+        HypercallNr::SchedOp,
+        HypercallNr::EventChannelOp,
+        HypercallNr::PhysdevOp,
+        HypercallNr::Sysctl,
+        HypercallNr::Domctl,
+        HypercallNr::DomainId,
+    ];
+}
+
+impl TryFrom<u64> for HypercallNr {
+    type Error = Errno;
+    /// Unknown numbers are `ENOSYS`, as the ABI promises.
+    fn try_from(v: u64) -> Result<Self, Errno> {
+        HypercallNr::ALL
+            .iter()
+            .copied()
+            .find(|n| *n as u32 as u64 == v)
+            .ok_or(Errno::ENOSYS)
+    }
+}
+
+/// `console_io(cmd, count, buf)` sub-commands.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleIoCmd {
+    /// Write `count` bytes from guest buffer `buf` to the console. Returns `count`.
+    Write = 0,
+    /// Read up to `count` bytes of console input into `buf` (dom0 only). Returns bytes read.
+    Read = 1,
+}
+
+/// Longest single `console_io` write, in bytes; longer requests fail with `E2BIG`.
+pub const CONSOLE_IO_MAX: u64 = 16 * 1024;
+
+impl TryFrom<u64> for ConsoleIoCmd {
+    type Error = Errno;
+    fn try_from(v: u64) -> Result<Self, Errno> {
+        match v {
+            0 => Ok(ConsoleIoCmd::Write),
+            1 => Ok(ConsoleIoCmd::Read),
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+}
+
+/// `xen_version(cmd, buf)` sub-commands.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XenVersionCmd {
+    /// Returns `(major << 16) | minor`; `buf` is ignored.
+    Version = 0,
+    /// Writes the NUL-terminated extra-version string (at most 16 bytes, [`XenExtraVersion`]) to `buf`.
+    ExtraVersion = 1,
+    /// Writes a [`XenFeatureInfo`] to `buf` (the caller sets `submap_idx`).
+    GetFeatures = 6,
+    /// Returns the page size; `buf` is ignored.
+    PageSize = 7,
+}
+
+impl TryFrom<u64> for XenVersionCmd {
+    type Error = Errno;
+    fn try_from(v: u64) -> Result<Self, Errno> {
+        match v {
+            0 => Ok(XenVersionCmd::Version),
+            1 => Ok(XenVersionCmd::ExtraVersion),
+            6 => Ok(XenVersionCmd::GetFeatures),
+            7 => Ok(XenVersionCmd::PageSize),
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+}
+
+/// Interface version reported by `xen_version(Version)`: major.
+pub const VERSION_MAJOR: u32 = 0;
+/// Interface version reported by `xen_version(Version)`: minor.
+pub const VERSION_MINOR: u32 = 1;
+
+/// The extra-version string buffer of `xen_version(ExtraVersion)`.
+pub type XenExtraVersion = [u8; 16];
+
+/// Argument/result of `xen_version(GetFeatures)` (Xen's `xen_feature_info`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XenFeatureInfo {
+    /// `[GUEST]` which 32-bit word of the feature bitmap to return.
+    pub submap_idx: u32,
+    /// `[HV]` the feature bits of that word ([`features`]).
+    pub submap: u32,
+}
+const _: () = assert!(core::mem::size_of::<XenFeatureInfo>() == 8);
+const _: () = assert!(core::mem::offset_of!(XenFeatureInfo, submap) == 4);
+
+/// Feature bits reported in submap 0 of `xen_version(GetFeatures)`.
+/// These are this hypervisor's own (the Xen numbering describes Xen-only features).
+pub mod features {
+    /// `multicall` batching is available.
+    pub const MULTICALL: u32 = 1 << 0;
+    /// `int 0x82` is a second hypercall entry path.
+    pub const INT82_ENTRY: u32 = 1 << 1;
+    /// The caller is privileged (dom0).
+    pub const PRIVILEGED: u32 = 1 << 2;
+}
+
+/// `sched_op(cmd, arg)` sub-commands (Xen's `SCHEDOP_*`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedOpCmd {
+    /// Give up the CPU; the domain stays runnable. `arg` ignored.
+    Yield = 0,
+    /// Block until an event arrives (not yet implemented: `ENOSYS`).
+    Block = 1,
+    /// Stop the domain; `arg` points to a [`SchedShutdown`]. Does not return on success.
+    Shutdown = 2,
+}
+
+impl TryFrom<u64> for SchedOpCmd {
+    type Error = Errno;
+    fn try_from(v: u64) -> Result<Self, Errno> {
+        match v {
+            0 => Ok(SchedOpCmd::Yield),
+            1 => Ok(SchedOpCmd::Block),
+            2 => Ok(SchedOpCmd::Shutdown),
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+}
+
+/// Why a domain shut down (Xen's `SHUTDOWN_*`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// Clean power-off: the only reason counted as success.
+    Poweroff = 0,
+    /// The guest asked to be restarted.
+    Reboot = 1,
+    /// The guest crashed (its panic handler, or the hypervisor killed it).
+    Crash = 3,
+}
+
+impl TryFrom<u32> for ShutdownReason {
+    type Error = Errno;
+    fn try_from(v: u32) -> Result<Self, Errno> {
+        match v {
+            0 => Ok(ShutdownReason::Poweroff),
+            1 => Ok(ShutdownReason::Reboot),
+            3 => Ok(ShutdownReason::Crash),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
+
+impl ShutdownReason {
+    /// Lower-case name used in logs ("poweroff", "reboot", "crash").
+    pub const fn name(self) -> &'static str {
+        match self {
+            ShutdownReason::Poweroff => "poweroff",
+            ShutdownReason::Reboot => "reboot",
+            ShutdownReason::Crash => "crash",
+        }
+    }
+}
+
+/// Argument of `sched_op(Shutdown, &SchedShutdown)` (Xen's `sched_shutdown`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedShutdown {
+    /// `[GUEST]` a [`ShutdownReason`] value.
+    pub reason: u32,
+}
+const _: () = assert!(core::mem::size_of::<SchedShutdown>() == 4);
+
+/// One entry of a `multicall(entries, count)` batch (Xen's `multicall_entry`, 64 bytes).
+///
+/// The hypervisor reads `op` and `args` once, executes the call as if it had been issued
+/// on its own, and writes the result (`>= 0` or `-errno`) into `result`. Nested multicalls
+/// fail with `EINVAL`. A successful `sched_op(Shutdown)` ends the batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MulticallEntry {
+    /// `[GUEST]` hypercall number.
+    pub op: u64,
+    /// `[HV]` the call's return value, as an `i64` stored in a `u64`.
+    pub result: u64,
+    /// `[GUEST]` arguments 1..5; the sixth is reserved (Xen's layout has six slots).
+    pub args: [u64; 6],
+}
+const _: () = assert!(core::mem::size_of::<MulticallEntry>() == 64);
+const _: () = assert!(core::mem::offset_of!(MulticallEntry, result) == 8);
+const _: () = assert!(core::mem::offset_of!(MulticallEntry, args) == 16);
+
+/// Most entries one `multicall` may carry; larger batches fail with `E2BIG`.
+pub const MULTICALL_MAX_ENTRIES: u64 = 512;
+
+/// The interrupt vector of the second hypercall entry path (`int 0x82`).
+pub const HYPERCALL_INT_VECTOR: u8 = 0x82;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_match_xen() {
+        assert_eq!(HypercallNr::Multicall as u32, 13);
+        assert_eq!(HypercallNr::XenVersion as u32, 17);
+        assert_eq!(HypercallNr::ConsoleIo as u32, 18);
+        assert_eq!(HypercallNr::SchedOp as u32, 29);
+        for n in HypercallNr::ALL {
+            assert_eq!(HypercallNr::try_from(n as u32 as u64), Ok(n));
+        }
+    }
+
+    #[test]
+    fn unknown_numbers_are_enosys() {
+        for v in [11u64, 31, 47, 49, 1000, u64::MAX, 1 << 32 | 17] {
+            assert_eq!(HypercallNr::try_from(v), Err(Errno::ENOSYS), "{v}");
+        }
+    }
+
+    #[test]
+    fn sub_ops() {
+        assert_eq!(SchedOpCmd::try_from(2), Ok(SchedOpCmd::Shutdown));
+        assert_eq!(SchedOpCmd::try_from(99), Err(Errno::ENOSYS));
+        assert_eq!(ShutdownReason::try_from(3), Ok(ShutdownReason::Crash));
+        assert_eq!(ShutdownReason::try_from(2), Err(Errno::EINVAL));
+        assert_eq!(ConsoleIoCmd::try_from(7), Err(Errno::ENOSYS));
+        assert_eq!(XenVersionCmd::try_from(6), Ok(XenVersionCmd::GetFeatures));
+    }
+}

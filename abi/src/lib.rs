@@ -1,0 +1,30 @@
+//! The contract between the hypervisor (`hv-core`) and every guest kernel (dom0, domUs).
+//!
+//! This crate is the only thing the two sides share. It owns:
+//! - hypercall numbers and sub-operation codes ([`hypercall`]),
+//! - the errno-style error codes every hypercall returns ([`errno`]),
+//! - the `#[repr(C)]` structures that cross the boundary, each with a compile-time
+//!   size/offset assertion so a layout change is a build error ([`start_info`],
+//!   [`shared_info`], [`hypercall::MulticallEntry`]),
+//! - typed frame numbers and domain ids ([`types`]) so machine and pseudo-physical
+//!   frames cannot be mixed up,
+//! - the fixed virtual-address layout every PV address space shares ([`layout`]).
+//!
+//! Numbers follow Xen's public headers wherever a Xen equivalent exists, so people who
+//! know Xen find the names and values they expect. Extensions are marked as such.
+//!
+//! Field docs say who writes each field: `[HV]` the hypervisor, `[GUEST]` the guest.
+#![no_std]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod errno;
+pub mod hypercall;
+pub mod layout;
+pub mod shared_info;
+pub mod start_info;
+pub mod types;
+
+pub use errno::Errno;
+pub use hypercall::HypercallNr;
+pub use types::{DomId, Mfn, Pfn, PAGE_SHIFT, PAGE_SIZE};

@@ -1,0 +1,451 @@
+//! x86_64 bare-metal layer: boot, CPU tables, entry/exit, the direct map, and the glue
+//! that drives the portable [`crate::hv::Hypervisor`].
+//!
+//! Virtual layout of the hypervisor (present in every address space, supervisor-only):
+//! L4 slot 262 maps the first 4 GiB of machine memory at [`DIRECTMAP_BASE`] with 2 MiB
+//! pages; the hypervisor image is linked there (at `DIRECTMAP_BASE + 1 MiB`). The rest of
+//! slots 256..=271 is reserved for later (the read-only M2P goes in slot 256).
+
+pub mod boot;
+pub mod cpu;
+pub mod entry;
+pub mod serial;
+pub mod tables;
+
+use crate::domain::VcpuRegs;
+use crate::frame_table::{FrameInfo, FrameTable};
+use crate::hv::{DomainConfig, GuestFault, Hypervisor, Next};
+use crate::mem::{within_one_frame, MachineMemory};
+use abi::start_info::{set_cstr, ModuleInfo, MAX_MODULES};
+use abi::{DomId, Mfn, PAGE_SIZE};
+use entry::{TrapFrame, SYSCALL_VECTOR};
+use serial::Serial;
+use spin::Mutex;
+use crate::hvlog;
+
+/// Where machine address 0 appears in the hypervisor's virtual address space.
+pub const DIRECTMAP_BASE: u64 = 0xffff_8300_0000_0000;
+/// How much machine memory the direct map covers.
+pub const DIRECTMAP_SIZE: u64 = 4 << 30;
+const MULTIBOOT_MAGIC: u32 = 0x2bad_b002;
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Value written to isa-debug-exit on success (QEMU exits with 2*v+1 = 33).
+pub const EXIT_SUCCESS: u32 = 0x10;
+/// Value written on failure (QEMU exits with 35).
+pub const EXIT_FAILURE: u32 = 0x11;
+
+const MAX_RAM_RANGES: usize = 32;
+
+/// Machine memory through the direct map, limited to the RAM ranges of the memory map.
+pub struct DirectMap {
+    ram: [(u64, u64); MAX_RAM_RANGES],
+    n: usize,
+}
+
+impl DirectMap {
+    fn is_ram(&self, maddr: u64, len: usize) -> bool {
+        let Some(end) = maddr.checked_add(len as u64) else { return false };
+        end <= DIRECTMAP_SIZE
+            && within_one_frame(maddr, len)
+            && self.ram[..self.n].iter().any(|&(s, e)| maddr >= s && end <= e)
+    }
+}
+
+impl MachineMemory for DirectMap {
+    fn read(&self, maddr: u64, buf: &mut [u8]) -> bool {
+        if !self.is_ram(maddr, buf.len()) {
+            return false;
+        }
+        // SAFETY: [maddr, +len) is RAM inside the direct map (checked above); no guest
+        // runs concurrently (one CPU), and `buf` is hypervisor memory that cannot overlap
+        // a range handed out as guest memory.
+        unsafe { core::ptr::copy_nonoverlapping((DIRECTMAP_BASE + maddr) as *const u8, buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+    fn write(&mut self, maddr: u64, data: &[u8]) -> bool {
+        if !self.is_ram(maddr, data.len()) {
+            return false;
+        }
+        // SAFETY: as for `read`; the frame-table rules guarantee portable code only writes
+        // frames it allocated or validated guest mappings of.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (DIRECTMAP_BASE + maddr) as *mut u8, data.len()) };
+        true
+    }
+    fn zero_frame(&mut self, mfn: Mfn) -> bool {
+        if !self.is_ram(mfn.maddr(), PAGE_SIZE) {
+            return false;
+        }
+        // SAFETY: a whole RAM frame inside the direct map (checked above).
+        unsafe { core::ptr::write_bytes((DIRECTMAP_BASE + mfn.maddr()) as *mut u8, 0, PAGE_SIZE) };
+        true
+    }
+}
+
+type Hv = Hypervisor<'static, DirectMap, Serial>;
+static HV: Mutex<Option<Hv>> = Mutex::new(None);
+
+/// Reads a u32 of boot-loader data (multiboot info) below 4 GiB.
+fn boot_u32(paddr: u64) -> u32 {
+    if paddr + 4 > DIRECTMAP_SIZE {
+        return 0;
+    }
+    // SAFETY: below 4 GiB, so inside the direct map; multiboot structures are RAM.
+    unsafe { core::ptr::read_unaligned((DIRECTMAP_BASE + paddr) as *const u32) }
+}
+
+fn boot_u64(paddr: u64) -> u64 {
+    u64::from(boot_u32(paddr)) | u64::from(boot_u32(paddr + 4)) << 32
+}
+
+/// A NUL-terminated boot-loader string (at most 256 bytes) as `&str`.
+fn boot_str(paddr: u64, buf: &mut [u8; 256]) -> &str {
+    let mut n = 0;
+    while n < buf.len() - 1 && paddr + (n as u64) < DIRECTMAP_SIZE {
+        // SAFETY: below 4 GiB, inside the direct map.
+        let b = unsafe { core::ptr::read((DIRECTMAP_BASE + paddr + n as u64) as *const u8) };
+        if b == 0 {
+            break;
+        }
+        buf[n] = b;
+        n += 1;
+    }
+    core::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+/// Everything but the first word (QEMU puts the file name first).
+fn strip_first_word(s: &str) -> &str {
+    s.trim_start().split_once(char::is_whitespace).map(|(_, rest)| rest.trim()).unwrap_or("")
+}
+
+/// `key=<n>[K|M|G]` from a command line, in bytes.
+fn size_arg(cmdline: &str, key: &str) -> Option<u64> {
+    let v = cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?;
+    let (num, mul) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 1 << 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 1 << 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mul)
+}
+
+fn idle_l4() -> u64 {
+    let v: u64;
+    // SAFETY: computes a symbol address; no memory access.
+    unsafe { core::arch::asm!("lea {}, [rip + boot_pml4]", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+fn image_bounds() -> (u64, u64) {
+    let (s, e): (u64, u64);
+    // SAFETY: computes symbol addresses; no memory access.
+    unsafe {
+        core::arch::asm!("lea {}, [rip + __image_start]", out(reg) s, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("lea {}, [rip + __image_end]", out(reg) e, options(nomem, nostack, preserves_flags));
+    }
+    (s - DIRECTMAP_BASE, e - DIRECTMAP_BASE)
+}
+
+fn remap_and_mask_pics() {
+    use cpu::outb;
+    for (port, v) in [(0x20, 0x11), (0xa0, 0x11), (0x21, 0x20), (0xa1, 0x28), (0x21, 4), (0xa1, 2), (0x21, 1), (0xa1, 1)] {
+        outb(port, v);
+    }
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+}
+
+/// Exits QEMU through isa-debug-exit; halts if the device is absent.
+pub fn exit_qemu(success: bool) -> ! {
+    cpu::outl(DEBUG_EXIT_PORT, if success { EXIT_SUCCESS } else { EXIT_FAILURE });
+    hvlog!("isa-debug-exit is not present; halting");
+    cpu::halt_forever()
+}
+
+/// Rust entry from the boot trampoline.
+#[no_mangle]
+extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
+    serial::init();
+    hvlog!("pvh-rs hypervisor {} starting", env!("CARGO_PKG_VERSION"));
+    if magic != MULTIBOOT_MAGIC {
+        hvlog!("FATAL: not started by a multiboot loader (magic {magic:#x})");
+        exit_qemu(false);
+    }
+    let mbi = u64::from(mbi);
+
+    // Drop the boot identity map: from here on only the direct map exists.
+    let l4 = idle_l4();
+    // SAFETY: slot 0 of our own L4 (the identity map) is no longer used: we run in the
+    // direct map and read boot data through it. Reloading CR3 flushes the old entries.
+    unsafe {
+        core::ptr::write_volatile(l4 as *mut u64, 0);
+        cpu::set_cr3(l4 - DIRECTMAP_BASE);
+    }
+    tables::init();
+    remap_and_mask_pics();
+    if cpu::rdmsr(0xC000_0080) & (1 << 11) == 0 {
+        hvlog!("FATAL: the CPU lacks NX (no-execute pages); use -cpu max or a newer model");
+        exit_qemu(false);
+    }
+    let (_, ebx, _, _) = cpu::cpuid(7, 0);
+    let mut cr4 = cpu::cr4();
+    if ebx & (1 << 7) != 0 {
+        cr4 |= 1 << 20; // SMEP: never execute guest pages in ring 0
+    }
+    if ebx & (1 << 20) != 0 {
+        cr4 |= 1 << 21; // SMAP: never touch guest pages in ring 0 except via the direct map
+    }
+    // SAFETY: SMEP/SMAP only restrict the hypervisor, which uses guest memory through
+    // the direct map (supervisor pages) exclusively.
+    unsafe { cpu::set_cr4(cr4) };
+    hvlog!(
+        "cpu: long mode, NX on, SMEP {}, SMAP {}",
+        if cr4 & (1 << 20) != 0 { "on" } else { "off" },
+        if cr4 & (1 << 21) != 0 { "on" } else { "off" }
+    );
+
+    // Memory map.
+    let flags = boot_u32(mbi);
+    if flags & (1 << 6) == 0 {
+        hvlog!("FATAL: the boot loader gave no memory map");
+        exit_qemu(false);
+    }
+    let mut dm = DirectMap { ram: [(0, 0); MAX_RAM_RANGES], n: 0 };
+    let (mmap_len, mmap_addr) = (u64::from(boot_u32(mbi + 44)), u64::from(boot_u32(mbi + 48)));
+    let mut off = 0;
+    let mut total = 0u64;
+    while off + 24 <= mmap_len {
+        let e = mmap_addr + off;
+        let size = u64::from(boot_u32(e));
+        let (base, len, kind) = (boot_u64(e + 4), boot_u64(e + 12), boot_u32(e + 20));
+        hvlog!("e820: {:#012x}-{:#012x} {}", base, base.saturating_add(len), if kind == 1 { "RAM" } else { "reserved" });
+        if kind == 1 && dm.n < MAX_RAM_RANGES {
+            let s = base.next_multiple_of(PAGE_SIZE as u64);
+            let end = (base.saturating_add(len) & !(PAGE_SIZE as u64 - 1)).min(DIRECTMAP_SIZE);
+            if s < end {
+                dm.ram[dm.n] = (s, end);
+                dm.n += 1;
+                total += end - s;
+            }
+        }
+        off += size + 4;
+    }
+    let max_frame = dm.ram[..dm.n].iter().map(|r| r.1).max().unwrap_or(0) / PAGE_SIZE as u64;
+
+    // Boot modules.
+    let mut modules = [ModuleInfo::EMPTY; MAX_MODULES];
+    let mut nmods = 0usize;
+    let (mods_count, mods_addr) = if flags & (1 << 3) != 0 { (boot_u32(mbi + 20), u64::from(boot_u32(mbi + 24))) } else { (0, 0) };
+    let mut used_end = image_bounds().1.max(1 << 20);
+    for i in 0..u64::from(mods_count).min(MAX_MODULES as u64) {
+        let m = mods_addr + 16 * i;
+        let (start, end) = (u64::from(boot_u32(m)), u64::from(boot_u32(m + 4)));
+        let mut sbuf = [0u8; 256];
+        let cmd = boot_str(u64::from(boot_u32(m + 8)), &mut sbuf);
+        modules[nmods].maddr = start;
+        modules[nmods].len = end.saturating_sub(start);
+        set_cstr(&mut modules[nmods].cmdline, cmd);
+        nmods += 1;
+        used_end = used_end.max(end);
+    }
+    if mods_count as usize > MAX_MODULES {
+        hvlog!("only the first {MAX_MODULES} of {mods_count} modules are used");
+    }
+
+    // The frame table lives in the first RAM above everything the boot loader placed.
+    let ft_bytes = max_frame as usize * core::mem::size_of::<FrameInfo>();
+    let ft_frames = ft_bytes.div_ceil(PAGE_SIZE) as u64;
+    let ft_start = dm.ram[..dm.n].iter().find_map(|&(s, e)| {
+        let s = s.max(used_end.next_multiple_of(PAGE_SIZE as u64));
+        (s + ft_frames * PAGE_SIZE as u64 <= e).then_some(s)
+    });
+    let Some(ft_start) = ft_start else {
+        hvlog!("FATAL: no room for the frame table ({ft_bytes} bytes)");
+        exit_qemu(false);
+    };
+    let entries: &'static mut [FrameInfo] = {
+        let p = (DIRECTMAP_BASE + ft_start) as *mut FrameInfo;
+        for i in 0..max_frame as usize {
+            // SAFETY: RAM above every boot-loader structure, inside the direct map, used by
+            // nothing else; initialised element by element before the slice is formed.
+            unsafe { p.add(i).write(FrameInfo::RESERVED) };
+        }
+        // SAFETY: `max_frame` initialised elements; reserved below so never reused.
+        unsafe { core::slice::from_raw_parts_mut(p, max_frame as usize) }
+    };
+    let mut frames = FrameTable::new(entries);
+    for &(s, e) in &dm.ram[..dm.n] {
+        frames.add_free_range(Mfn(s / PAGE_SIZE as u64), Mfn(e / PAGE_SIZE as u64));
+    }
+    let (img_s, img_e) = image_bounds();
+    frames.reserve_range(Mfn(0), Mfn(0x100)); // low 1 MiB: BIOS data, multiboot info
+    frames.reserve_range(Mfn(img_s / PAGE_SIZE as u64), Mfn(img_e.div_ceil(PAGE_SIZE as u64)));
+    for m in &modules[..nmods] {
+        frames.reserve_range(Mfn::containing(m.maddr), Mfn((m.maddr + m.len).div_ceil(PAGE_SIZE as u64)));
+    }
+    frames.reserve_range(Mfn(ft_start / PAGE_SIZE as u64), Mfn(ft_start / PAGE_SIZE as u64 + ft_frames));
+    hvlog!(
+        "memory: {} MiB RAM, {} frames free after image, modules and frame table ({} frames)",
+        total >> 20,
+        frames.free_count(),
+        ft_frames
+    );
+
+    let mut cbuf = [0u8; 256];
+    let hv_cmdline = if flags & (1 << 2) != 0 { boot_str(u64::from(boot_u32(mbi + 16)), &mut cbuf) } else { "" };
+    let hv_args = strip_first_word(hv_cmdline);
+    hvlog!("command line: \"{hv_args}\"");
+    let dom0_pages = size_arg(hv_args, "dom0_mem").unwrap_or(32 << 20) / PAGE_SIZE as u64;
+    let domu_pages = size_arg(hv_args, "domU_mem").unwrap_or(16 << 20) / PAGE_SIZE as u64;
+
+    let mut l4e = [0u64; crate::builder::HV_L4_SLOTS];
+    for (i, e) in l4e.iter_mut().enumerate() {
+        // SAFETY: reads our own L4 (a static in the image).
+        *e = unsafe { core::ptr::read_volatile((l4 as *const u64).add(abi::layout::HYPERVISOR_L4_FIRST + i)) };
+    }
+    let mut hv = Hypervisor::new(dm, frames, Serial, l4e);
+
+    if nmods == 0 {
+        hvlog!("FATAL: no modules: give dom0 (and guests) with -initrd");
+        exit_qemu(false);
+    }
+    for (i, m) in modules[..nmods].iter().enumerate() {
+        hv.log(format_args!("module {i}: {:#x}+{:#x} \"{}\"", m.maddr, m.len, m.cmdline()));
+    }
+    for (i, m) in modules[..nmods].iter().enumerate() {
+        // SAFETY: the module is RAM below 4 GiB (multiboot addresses are 32-bit) inside the
+        // direct map, reserved in the frame table, and never written while this lives.
+        let kernel = unsafe { core::slice::from_raw_parts((DIRECTMAP_BASE + m.maddr) as *const u8, m.len as usize) };
+        let cfg = DomainConfig {
+            kernel,
+            cmdline: strip_first_word(m.cmdline()),
+            nr_pages: if i == 0 { dom0_pages } else { domu_pages },
+        };
+        // A failed build is logged by create_domain; the others still run.
+        let _ = hv.create_domain(DomId(i as u16), &cfg, &modules[..nmods]);
+    }
+
+    let mut regs = VcpuRegs::default();
+    let next = hv.start(&mut regs);
+    *HV.lock() = Some(hv);
+    let mut frame = TrapFrame::default();
+    resume(&mut frame, &regs, next);
+    entry::enter(&frame)
+}
+
+fn frame_to_regs(f: &TrapFrame) -> VcpuRegs {
+    VcpuRegs {
+        rax: f.rax,
+        rbx: f.rbx,
+        rcx: f.rcx,
+        rdx: f.rdx,
+        rsi: f.rsi,
+        rdi: f.rdi,
+        rbp: f.rbp,
+        r8: f.r8,
+        r9: f.r9,
+        r10: f.r10,
+        r11: f.r11,
+        r12: f.r12,
+        r13: f.r13,
+        r14: f.r14,
+        r15: f.r15,
+        rip: f.rip,
+        rsp: f.rsp,
+        rflags: f.rflags,
+    }
+}
+
+/// RFLAGS bits a guest may hold: arithmetic flags, TF, DF, AC, ID. IF is forced on and
+/// IOPL forced to 0 (so cli/sti/in/out/hlt trap).
+const GUEST_RFLAGS_MASK: u64 = 0x0024_0dd5 | (1 << 8);
+
+/// Acts on the hypervisor's decision: load the next guest into `frame` or exit.
+fn resume(frame: &mut TrapFrame, r: &VcpuRegs, next: Next) {
+    match next {
+        Next::Run { l4, .. } => {
+            if cpu::cr3() & crate::paging::PTE_ADDR_MASK != l4.maddr() {
+                // SAFETY: every guest L4 was built with the hypervisor's slots copied in.
+                unsafe { cpu::set_cr3(l4.maddr()) };
+            }
+            *frame = TrapFrame {
+                r15: r.r15,
+                r14: r.r14,
+                r13: r.r13,
+                r12: r.r12,
+                r11: r.r11,
+                r10: r.r10,
+                r9: r.r9,
+                r8: r.r8,
+                rbp: r.rbp,
+                rdi: r.rdi,
+                rsi: r.rsi,
+                rdx: r.rdx,
+                rcx: r.rcx,
+                rbx: r.rbx,
+                rax: r.rax,
+                vector: 0,
+                error_code: 0,
+                rip: r.rip,
+                cs: tables::USER_CS,
+                rflags: (r.rflags & GUEST_RFLAGS_MASK) | 0x202,
+                rsp: r.rsp,
+                ss: tables::USER_SS,
+            };
+        }
+        Next::Exit { success } => exit_qemu(success),
+    }
+}
+
+/// Called by `trap_common` for every entry.
+#[no_mangle]
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    let cr2 = cpu::cr2();
+    if frame.cs & 3 != 3 {
+        hypervisor_fault(frame, cr2);
+    }
+    let vector = frame.vector;
+    if (32..=255).contains(&vector) && vector != u64::from(abi::hypercall::HYPERCALL_INT_VECTOR) || vector == 2 {
+        // Interrupt controllers are masked; anything arriving here is spurious (or an
+        // NMI), not the guest's doing: resume it untouched.
+        return;
+    }
+    let mut regs = frame_to_regs(frame);
+    let mut guard = HV.lock();
+    let Some(hv) = guard.as_mut() else { hypervisor_fault(frame, cr2) };
+    let next = if vector == SYSCALL_VECTOR || vector == u64::from(abi::hypercall::HYPERCALL_INT_VECTOR) {
+        hv.hypercall(&mut regs)
+    } else {
+        let v = vector as u8;
+        hv.guest_fault(
+            &mut regs,
+            GuestFault { vector: v, error_code: frame.error_code, cr2: if v == 14 { cr2 } else { 0 } },
+        )
+    };
+    drop(guard);
+    resume(frame, &regs, next);
+}
+
+/// An exception in the hypervisor itself: dump everything and fail the run.
+fn hypervisor_fault(f: &TrapFrame, cr2: u64) -> ! {
+    hvlog!(
+        "FATAL: hypervisor exception {} ({}) at rip {:#x}, error code {:#x}, cr2 {:#x}",
+        f.vector,
+        crate::domain::exception_name(f.vector as u8),
+        f.rip,
+        f.error_code,
+        cr2
+    );
+    hvlog!("  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+    hvlog!("  rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}", f.rsi, f.rdi, f.rbp, f.rsp);
+    hvlog!("  r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}", f.r8, f.r9, f.r10, f.r11);
+    hvlog!("  r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r12, f.r13, f.r14, f.r15);
+    hvlog!("  cs {:#x} ss {:#x} rflags {:#x} cr3 {:#x}", f.cs, f.ss, f.rflags, cpu::cr3());
+    exit_qemu(false)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    hvlog!("PANIC: {info}");
+    exit_qemu(false)
+}

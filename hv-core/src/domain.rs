@@ -1,0 +1,127 @@
+//! Domains and their (single) virtual CPU.
+//!
+//! A domain is an address space (its L4), the frames it owns (recorded in the frame
+//! table, not here), one vCPU's saved register state, and its console line buffer. The
+//! vCPU state here is the *architectural* guest state the hypervisor saves on every entry
+//! and restores on exit; `arch/` converts it to and from its trap frame.
+
+use crate::console::LineBuffer;
+use abi::hypercall::ShutdownReason;
+use abi::{DomId, Mfn};
+
+/// Guest general-purpose registers plus the state `iretq` restores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct VcpuRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+}
+
+impl VcpuRegs {
+    /// The hypercall number and argument registers.
+    pub fn hypercall_args(&self) -> (u64, [u64; 5]) {
+        (self.rax, [self.rdi, self.rsi, self.rdx, self.r10, self.r8])
+    }
+}
+
+/// How a domain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It asked to shut down.
+    Shutdown(ShutdownReason),
+    /// The hypervisor killed it after a fault it could not handle.
+    Killed {
+        /// Exception vector.
+        vector: u8,
+    },
+}
+
+impl Ending {
+    /// Only a requested power-off counts as a clean end.
+    pub fn is_clean(self) -> bool {
+        self == Ending::Shutdown(ShutdownReason::Poweroff)
+    }
+}
+
+impl core::fmt::Display for Ending {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Ending::Shutdown(r) => f.write_str(r.name()),
+            Ending::Killed { vector } => write!(f, "crash (killed on {})", exception_name(*vector)),
+        }
+    }
+}
+
+/// A domain's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainState {
+    /// Can run.
+    Runnable,
+    /// Finished; its frames have been released.
+    Dead(Ending),
+}
+
+/// One domain.
+pub struct Domain {
+    /// Its id.
+    pub id: DomId,
+    /// May use privileged operations (dom0).
+    pub privileged: bool,
+    /// Root of its address space.
+    pub l4: Mfn,
+    /// Pages of memory it was given.
+    pub nr_pages: u64,
+    /// Its shared_info frame.
+    pub shared_info: Mfn,
+    /// Saved vCPU registers (valid while not running).
+    pub regs: VcpuRegs,
+    /// Lifecycle.
+    pub state: DomainState,
+    /// Partial console line.
+    pub console: LineBuffer,
+    /// Hypercalls served, for the end-of-run summary.
+    pub hypercalls: u64,
+}
+
+/// Short name of an exception vector, for logs.
+pub const fn exception_name(vector: u8) -> &'static str {
+    match vector {
+        0 => "#DE",
+        1 => "#DB",
+        2 => "NMI",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        18 => "#MC",
+        19 => "#XM",
+        20 => "#VE",
+        21 => "#CP",
+        _ => "interrupt",
+    }
+}

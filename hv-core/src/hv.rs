@@ -1,0 +1,624 @@
+//! The hypervisor proper: domains, hypercall execution, guest faults, scheduling and the
+//! end-of-run verdict. Portable: `arch/` calls in with the trapped vCPU's registers and
+//! acts on what comes back (switch page tables, return to a guest, or exit QEMU).
+//!
+//! Scheduling (for now): round-robin over runnable domains, switching only when the
+//! running domain yields or ends. A domain that ends is torn down at once: its frames go
+//! back to the free pool, and the next runnable domain runs. When none is left, the
+//! verdict is success iff every domain that was started shut down with `poweroff`.
+
+use crate::builder::{self, BuildError, BuildSpec, Built, HV_L4_SLOTS};
+use crate::console::{emit_line, ConsoleSink};
+use crate::domain::{exception_name, Domain, DomainState, Ending, VcpuRegs};
+use crate::frame_table::FrameTable;
+use crate::guest_mem::GuestMem;
+use crate::hypercall::{decode, Hypercall};
+use crate::mem::MachineMemory;
+use abi::hypercall::{
+    features, MulticallEntry, SchedShutdown, ShutdownReason, XenFeatureInfo, XenVersionCmd,
+    CONSOLE_IO_MAX, VERSION_MAJOR, VERSION_MINOR,
+};
+use abi::start_info::ModuleInfo;
+use abi::{DomId, Errno, HypercallNr, Mfn, PAGE_SIZE};
+use core::fmt::Write;
+
+/// Most domains that can exist at once.
+pub const MAX_DOMAINS: usize = 16;
+/// The extra-version string reported by `xen_version(ExtraVersion)`.
+pub const EXTRA_VERSION: &[u8] = b"-pvh-rs";
+
+/// Macro-free logging helper: `[hv] <args>\n`.
+fn log(sink: &mut dyn Write, args: core::fmt::Arguments<'_>) {
+    let _ = sink.write_str("[hv] ");
+    let _ = sink.write_fmt(args);
+    let _ = sink.write_str("\n");
+}
+
+/// A fault taken by a guest that the hypervisor does not handle on its behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFault {
+    /// Exception vector.
+    pub vector: u8,
+    /// Error code (0 if the exception has none).
+    pub error_code: u64,
+    /// Faulting address for #PF.
+    pub cr2: u64,
+}
+
+/// What the arch layer must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Return to the guest whose registers are now in `regs`, on page tables `l4`.
+    Run {
+        /// Root page table to load (if different from the current one).
+        l4: Mfn,
+        /// The domain that will run.
+        domid: DomId,
+    },
+    /// No domain left: exit with this verdict.
+    Exit {
+        /// True iff every domain powered off cleanly.
+        success: bool,
+    },
+}
+
+/// A boot module the arch layer found, to be turned into a domain.
+pub struct DomainConfig<'a> {
+    /// ELF image bytes.
+    pub kernel: &'a [u8],
+    /// Command line (without the file name).
+    pub cmdline: &'a str,
+    /// Memory in pages.
+    pub nr_pages: u64,
+}
+
+/// The whole hypervisor state.
+pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
+    /// Machine memory.
+    pub mem: M,
+    /// Frame ownership.
+    pub frames: FrameTable<'f>,
+    /// The console.
+    pub console: C,
+    domains: [Option<Domain>; MAX_DOMAINS],
+    current: Option<usize>,
+    yield_requested: bool,
+    hypervisor_l4e: [u64; HV_L4_SLOTS],
+    in_multicall: bool,
+}
+
+impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
+    /// A hypervisor with no domains. `hypervisor_l4e` are the L4 entries (slots
+    /// 256..=271) every guest address space shares.
+    pub fn new(mem: M, frames: FrameTable<'f>, console: C, hypervisor_l4e: [u64; HV_L4_SLOTS]) -> Self {
+        Hypervisor {
+            mem,
+            frames,
+            console,
+            domains: Default::default(),
+            current: None,
+            yield_requested: false,
+            hypervisor_l4e,
+            in_multicall: false,
+        }
+    }
+
+    /// Writes a `[hv]` log line.
+    pub fn log(&mut self, args: core::fmt::Arguments<'_>) {
+        log(&mut self.console, args);
+    }
+
+    /// The domain currently running, if any.
+    pub fn current(&self) -> Option<&Domain> {
+        self.current.and_then(|i| self.domains[i].as_ref())
+    }
+
+    /// Domain by id (alive or dead).
+    pub fn domain(&self, id: DomId) -> Option<&Domain> {
+        self.domains.iter().flatten().find(|d| d.id == id)
+    }
+
+    /// Builds domain `domid` from `cfg`. Domain 0 is privileged and receives `modules`.
+    /// A failed build releases every frame it took and is logged; other domains are
+    /// unaffected.
+    pub fn create_domain(&mut self, domid: DomId, cfg: &DomainConfig<'_>, modules: &[ModuleInfo]) -> Result<Built, BuildError> {
+        let slot = self.domains.iter().position(|d| d.is_none()).ok_or(BuildError::Internal("too many domains"))?;
+        let privileged = domid == DomId::DOM0;
+        let spec = BuildSpec {
+            domid,
+            privileged,
+            kernel: cfg.kernel,
+            nr_pages: cfg.nr_pages,
+            cmdline: cfg.cmdline,
+            modules: if privileged { modules } else { &[] },
+            hypervisor_l4e: &self.hypervisor_l4e,
+        };
+        let built = match builder::build_domain(&mut self.mem, &mut self.frames, &spec) {
+            Ok(b) => b,
+            Err(e) => {
+                let freed = self.frames.release_domain(domid);
+                log(&mut self.console, format_args!("{domid}: build failed: {e:?} ({freed} frames released)"));
+                return Err(e);
+            }
+        };
+        let regs = VcpuRegs {
+            rip: built.entry,
+            rsp: built.stack_top,
+            rsi: built.start_info_va,
+            rflags: 0x202, // IF set, reserved bit 1
+            ..Default::default()
+        };
+        self.domains[slot] = Some(Domain {
+            id: domid,
+            privileged,
+            l4: built.l4,
+            nr_pages: cfg.nr_pages,
+            shared_info: built.shared_info,
+            regs,
+            state: DomainState::Runnable,
+            console: Default::default(),
+            hypercalls: 0,
+        });
+        log(
+            &mut self.console,
+            format_args!(
+                "{domid}: built{} {} MiB, entry {:#x}, l4 {:?}, start_info {:#x}, cmdline \"{}\"",
+                if privileged { " (privileged)" } else { "" },
+                cfg.nr_pages * PAGE_SIZE as u64 >> 20,
+                built.entry,
+                built.l4,
+                built.start_info_va,
+                cfg.cmdline
+            ),
+        );
+        Ok(built)
+    }
+
+    fn cur_mut(&mut self) -> Option<&mut Domain> {
+        self.current.and_then(|i| self.domains[i].as_mut())
+    }
+
+    /// Picks the first domain to run and loads its registers into `regs`.
+    pub fn start(&mut self, regs: &mut VcpuRegs) -> Next {
+        self.current = None;
+        self.pick_next(regs, 0)
+    }
+
+    /// Handles a hypercall from the running domain: `regs` holds its registers; the
+    /// result is placed in `rax`. Then decides what runs next.
+    pub fn hypercall(&mut self, regs: &mut VcpuRegs) -> Next {
+        let (nr, args) = regs.hypercall_args();
+        let result = self.execute(nr, args);
+        if let Some(d) = self.cur_mut() {
+            d.hypercalls += 1;
+        }
+        regs.rax = match result {
+            Ok(v) => v,
+            Err(e) => e.to_ret() as u64,
+        };
+        self.after_trap(regs)
+    }
+
+    /// The running domain took a fault it cannot handle: log it, kill the domain, run
+    /// the next one.
+    pub fn guest_fault(&mut self, regs: &mut VcpuRegs, f: GuestFault) -> Next {
+        if let Some(d) = self.current() {
+            let id = d.id;
+            let rip = regs.rip;
+            let extra = if f.vector == 14 { Some(f.cr2) } else { None };
+            let mut line = ArgBuf::new();
+            let _ = write!(
+                line,
+                "{id} crashed: vector {} ({}) at rip {rip:#x}, error code {:#x}",
+                f.vector,
+                exception_name(f.vector),
+                f.error_code
+            );
+            if let Some(cr2) = extra {
+                let _ = write!(line, ", cr2 {cr2:#x}");
+            }
+            log(&mut self.console, format_args!("{}", line.as_str()));
+            log(
+                &mut self.console,
+                format_args!(
+                    "{id} registers: rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x} rsp {:#x} rflags {:#x}",
+                    regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp, regs.rflags
+                ),
+            );
+            self.end_current(Ending::Killed { vector: f.vector });
+        }
+        self.after_trap(regs)
+    }
+
+    /// Executes one decoded hypercall for the current domain.
+    fn execute(&mut self, nr: u64, args: [u64; 5]) -> Result<u64, Errno> {
+        let call = decode(nr, args)?;
+        let Some(idx) = self.current else { return Err(Errno::ESRCH) };
+        let Some(dom) = self.domains[idx].as_mut() else { return Err(Errno::ESRCH) };
+        let (id, l4, privileged) = (dom.id, dom.l4, dom.privileged);
+        match call {
+            Hypercall::ConsoleWrite { buf, len } => {
+                let mut gm = GuestMem::new(&mut self.mem, l4);
+                let console = &mut self.console;
+                let line_buf = &mut dom.console;
+                gm.read_chunks::<256>(buf, len, CONSOLE_IO_MAX, |chunk| {
+                    line_buf.push(chunk, !privileged, &mut |line| emit_line(console, format_args!("{id}"), line));
+                })?;
+                Ok(len)
+            }
+            Hypercall::ConsoleRead { buf, len } => {
+                if !privileged {
+                    return Err(Errno::EPERM);
+                }
+                let mut tmp = [0u8; 256];
+                let want = (len as usize).min(tmp.len());
+                // Validate the destination before consuming input.
+                GuestMem::new(&mut self.mem, l4).write(buf, &tmp[..want])?;
+                let n = self.console.read_input(&mut tmp[..want]);
+                GuestMem::new(&mut self.mem, l4).write(buf, &tmp[..n])?;
+                Ok(n as u64)
+            }
+            Hypercall::Version { cmd, buf } => {
+                let mut gm = GuestMem::new(&mut self.mem, l4);
+                match cmd {
+                    XenVersionCmd::Version => Ok(u64::from(VERSION_MAJOR << 16 | VERSION_MINOR)),
+                    XenVersionCmd::PageSize => Ok(PAGE_SIZE as u64),
+                    XenVersionCmd::ExtraVersion => {
+                        let mut s = [0u8; 16];
+                        s[..EXTRA_VERSION.len()].copy_from_slice(EXTRA_VERSION);
+                        gm.write(buf, &s)?;
+                        Ok(0)
+                    }
+                    XenVersionCmd::GetFeatures => {
+                        let mut fi: XenFeatureInfo = gm.read_obj(buf)?;
+                        fi.submap = match fi.submap_idx {
+                            0 => {
+                                features::MULTICALL
+                                    | features::INT82_ENTRY
+                                    | if privileged { features::PRIVILEGED } else { 0 }
+                            }
+                            _ => 0,
+                        };
+                        gm.write_obj(buf, &fi)?;
+                        Ok(0)
+                    }
+                }
+            }
+            Hypercall::Yield => {
+                self.yield_requested = true;
+                Ok(0)
+            }
+            Hypercall::Shutdown { arg } => {
+                let sd: SchedShutdown = GuestMem::new(&mut self.mem, l4).read_obj(arg)?;
+                let reason = ShutdownReason::try_from(sd.reason)?;
+                self.end_current(Ending::Shutdown(reason));
+                Ok(0)
+            }
+            Hypercall::Multicall { list, count } => {
+                if self.in_multicall {
+                    return Err(Errno::EINVAL);
+                }
+                // Check the whole array first: a bad list fails before any entry runs.
+                let bytes = count * core::mem::size_of::<MulticallEntry>() as u64;
+                GuestMem::new(&mut self.mem, l4).check_readable(list, bytes, bytes)?;
+                self.in_multicall = true;
+                let r = self.run_multicall(id, l4, list, count);
+                self.in_multicall = false;
+                r
+            }
+            Hypercall::DomainId => Ok(u64::from(id.0)),
+        }
+    }
+
+    fn run_multicall(&mut self, id: DomId, l4: Mfn, list: u64, count: u64) -> Result<u64, Errno> {
+        let size = core::mem::size_of::<MulticallEntry>() as u64;
+        for i in 0..count {
+            let va = list + i * size;
+            let entry: MulticallEntry = GuestMem::new(&mut self.mem, l4).read_obj(va)?;
+            let args = [entry.args[0], entry.args[1], entry.args[2], entry.args[3], entry.args[4]];
+            let r = if entry.op == HypercallNr::Multicall as u64 {
+                Err(Errno::EINVAL)
+            } else {
+                self.execute(entry.op, args)
+            };
+            if let Some(d) = self.cur_mut() {
+                d.hypercalls += 1;
+            }
+            let still_running = self.current().is_some_and(|d| d.id == id && d.state == DomainState::Runnable);
+            if !still_running {
+                return Ok(0); // it shut down: nothing to write back to
+            }
+            let result = match r {
+                Ok(v) => v,
+                Err(e) => e.to_ret() as u64,
+            };
+            GuestMem::new(&mut self.mem, l4).write(va + 8, &result.to_le_bytes())?;
+        }
+        Ok(0)
+    }
+
+    /// Ends the current domain: flush its console, release its frames, record why.
+    fn end_current(&mut self, how: Ending) {
+        let Some(idx) = self.current else { return };
+        let Some(d) = self.domains[idx].as_mut() else { return };
+        let id = d.id;
+        let console = &mut self.console;
+        d.console.flush(&mut |line| emit_line(console, format_args!("{id}"), line));
+        d.state = DomainState::Dead(how);
+        let hypercalls = d.hypercalls;
+        // Nothing runs on its page tables from here on (the arch layer switches away
+        // before returning to any guest), so its frames can go back to the pool.
+        let freed = self.frames.release_domain(id);
+        log(
+            &mut self.console,
+            format_args!("{id} ended: {how}; {freed} frames freed, {hypercalls} hypercalls served"),
+        );
+    }
+
+    fn after_trap(&mut self, regs: &mut VcpuRegs) -> Next {
+        let Some(idx) = self.current else { return self.pick_next(regs, 0) };
+        let alive = self.domains[idx].as_ref().is_some_and(|d| d.state == DomainState::Runnable);
+        if alive && !self.yield_requested {
+            let d = self.domains[idx].as_ref().expect("checked above");
+            return Next::Run { l4: d.l4, domid: d.id };
+        }
+        self.yield_requested = false;
+        if alive {
+            if let Some(d) = self.domains[idx].as_mut() {
+                d.regs = *regs;
+            }
+        }
+        self.pick_next(regs, idx + 1)
+    }
+
+    /// Round-robin: the first runnable domain at or after slot `from` (wrapping).
+    fn pick_next(&mut self, regs: &mut VcpuRegs, from: usize) -> Next {
+        for k in 0..MAX_DOMAINS {
+            let i = (from + k) % MAX_DOMAINS;
+            if let Some(d) = self.domains[i].as_ref() {
+                if d.state == DomainState::Runnable {
+                    *regs = d.regs;
+                    self.current = Some(i);
+                    return Next::Run { l4: d.l4, domid: d.id };
+                }
+            }
+        }
+        self.current = None;
+        self.verdict()
+    }
+
+    fn verdict(&mut self) -> Next {
+        let mut summary = ArgBuf::new();
+        let mut success = true;
+        let mut any = false;
+        for d in self.domains.iter().flatten() {
+            if let DomainState::Dead(how) = d.state {
+                any = true;
+                success &= how.is_clean();
+                let _ = write!(summary, "{}{} {}", if summary.len() > 0 { ", " } else { "" }, d.id, how);
+            }
+        }
+        success &= any;
+        log(
+            &mut self.console,
+            format_args!(
+                "all domains ended: {} -> exit {}",
+                if any { summary.as_str() } else { "no domain ran" },
+                if success { "success" } else { "failure" }
+            ),
+        );
+        Next::Exit { success }
+    }
+}
+
+/// A small fixed-size formatting buffer (no heap in the hypervisor).
+struct ArgBuf {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl ArgBuf {
+    fn new() -> Self {
+        ArgBuf { buf: [0; 512], len: 0 }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("<invalid utf-8>")
+    }
+}
+
+impl Write for ArgBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let mut n = s.len().min(self.buf.len() - self.len);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::TestMemory;
+    use crate::console::StringConsole;
+    use crate::testutil::{hypervisor, tiny_elf};
+    use abi::layout::GUEST_VIRT_BASE;
+
+    type Hv = Hypervisor<'static, TestMemory, StringConsole>;
+
+    /// dom0 and d1, each 256 pages; returns the hypervisor, the first domain's regs, and
+    /// a scratch VA (free memory) valid in both.
+    fn two_domains() -> (Hv, VcpuRegs, u64) {
+        let mut hv = hypervisor(1200);
+        let elf = tiny_elf(b"\x90", 0);
+        let cfg = DomainConfig { kernel: &elf, cmdline: "", nr_pages: 256 };
+        let b0 = hv.create_domain(DomId(0), &cfg, &[]).unwrap();
+        hv.create_domain(DomId(1), &cfg, &[]).unwrap();
+        let mut regs = VcpuRegs::default();
+        assert_eq!(hv.start(&mut regs), Next::Run { l4: b0.l4, domid: DomId(0) });
+        let scratch = GUEST_VIRT_BASE + b0.layout.first_free * 4096;
+        (hv, regs, scratch)
+    }
+
+    fn call(hv: &mut Hv, regs: &mut VcpuRegs, nr: u64, a: [u64; 5]) -> (i64, Next) {
+        regs.rax = nr;
+        (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8) = (a[0], a[1], a[2], a[3], a[4]);
+        let next = hv.hypercall(regs);
+        (regs.rax as i64, next)
+    }
+
+    fn poke(hv: &mut Hv, va: u64, data: &[u8]) {
+        let l4 = hv.current().unwrap().l4;
+        GuestMem::new(&mut hv.mem, l4).write(va, data).unwrap();
+    }
+
+    fn peek(hv: &mut Hv, va: u64, n: usize) -> Vec<u8> {
+        let l4 = hv.current().unwrap().l4;
+        let mut v = vec![0; n];
+        GuestMem::new(&mut hv.mem, l4).read(va, &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn console_write_is_prefixed_and_line_buffered() {
+        let (mut hv, mut regs, s) = two_domains();
+        poke(&mut hv, s, b"hello ");
+        poke(&mut hv, s + 100, b"world\nnext");
+        assert_eq!(call(&mut hv, &mut regs, 18, [0, 6, s, 0, 0]).0, 6);
+        assert!(!hv.console.out.contains("hello"), "partial line held back");
+        assert_eq!(call(&mut hv, &mut regs, 18, [0, 10, s + 100, 0, 0]).0, 10);
+        assert!(hv.console.out.contains("[d0] hello world\n"));
+        assert!(!hv.console.out.contains("next"));
+    }
+
+    #[test]
+    fn bad_pointers_and_lengths_get_error_codes() {
+        let (mut hv, mut regs, s) = two_domains();
+        let efault = Errno::EFAULT.to_ret();
+        for buf in [0xffff_8300_0010_0000u64, 0x1000, 0x0000_8000_0000_0000, GUEST_VIRT_BASE + 256 * 4096] {
+            assert_eq!(call(&mut hv, &mut regs, 18, [0, 8, buf, 0, 0]).0, efault, "{buf:#x}");
+        }
+        assert_eq!(call(&mut hv, &mut regs, 18, [0, 64, GUEST_VIRT_BASE + 256 * 4096 - 16, 0, 0]).0, efault);
+        assert_eq!(call(&mut hv, &mut regs, 18, [0, CONSOLE_IO_MAX + 1, s, 0, 0]).0, Errno::E2BIG.to_ret());
+        assert_eq!(call(&mut hv, &mut regs, 18, [0, u64::MAX, s, 0, 0]).0, Errno::E2BIG.to_ret());
+        assert_eq!(call(&mut hv, &mut regs, 18, [0, 0, 0, 0, 0]).0, 0, "empty write needs no buffer");
+        // Writes into the read-only page tables fail.
+        let pt_base = GUEST_VIRT_BASE + hv.current().map(|_| 0).unwrap();
+        let _ = pt_base;
+        for nr in [11u64, 47, 49, 1000, u64::MAX] {
+            assert_eq!(call(&mut hv, &mut regs, nr, [0; 5]).0, Errno::ENOSYS.to_ret());
+        }
+        assert_eq!(call(&mut hv, &mut regs, 29, [2, 0x1000, 0, 0, 0]).0, efault);
+        poke(&mut hv, s, &2u32.to_le_bytes());
+        assert_eq!(call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]).0, Errno::EINVAL.to_ret());
+        assert_eq!(hv.current().unwrap().state, DomainState::Runnable);
+        assert!(!hv.console.out.contains("crashed"));
+    }
+
+    #[test]
+    fn version_and_features() {
+        let (mut hv, mut regs, s) = two_domains();
+        assert_eq!(call(&mut hv, &mut regs, 17, [0, 0, 0, 0, 0]).0, 1);
+        assert_eq!(call(&mut hv, &mut regs, 17, [7, 0, 0, 0, 0]).0, 4096);
+        assert_eq!(call(&mut hv, &mut regs, 17, [1, s, 0, 0, 0]).0, 0);
+        assert_eq!(&peek(&mut hv, s, 8), b"-pvh-rs\0");
+        poke(&mut hv, s, &[0; 8]);
+        assert_eq!(call(&mut hv, &mut regs, 17, [6, s, 0, 0, 0]).0, 0);
+        let submap = u32::from_le_bytes(peek(&mut hv, s + 4, 4).try_into().unwrap());
+        assert_eq!(submap, features::MULTICALL | features::INT82_ENTRY | features::PRIVILEGED);
+        assert_eq!(call(&mut hv, &mut regs, 48, [0; 5]).0, 0);
+    }
+
+    #[test]
+    fn multicall_reports_per_entry_results() {
+        let (mut hv, mut regs, s) = two_domains();
+        poke(&mut hv, s + 4000, b"mc line\n");
+        let entries = [
+            MulticallEntry { op: 18, args: [0, 8, s + 4000, 0, 0, 0], ..Default::default() },
+            MulticallEntry { op: 17, ..Default::default() },
+            MulticallEntry { op: 999, ..Default::default() },
+            MulticallEntry { op: 48, ..Default::default() },
+            MulticallEntry { op: 13, args: [s, 1, 0, 0, 0, 0], ..Default::default() },
+            MulticallEntry { op: 18, args: [0, 4, 0x1000, 0, 0, 0], ..Default::default() },
+            MulticallEntry { op: 29, ..Default::default() },
+            MulticallEntry { op: 17, args: [7, 0, 0, 0, 0, 0], ..Default::default() },
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            poke(&mut hv, s + 64 * i as u64, crate::pod::Pod::as_bytes(e));
+        }
+        let (r, next) = call(&mut hv, &mut regs, 13, [s, entries.len() as u64, 0, 0, 0]);
+        assert_eq!(r, 0);
+        // The yield inside the batch takes effect after it: d1 runs next.
+        assert!(matches!(next, Next::Run { domid: DomId(1), .. }));
+        let results: Vec<i64> = (0..entries.len())
+            .map(|i| {
+                let l4 = hv.domain(DomId(0)).unwrap().l4;
+                let mut b = [0u8; 8];
+                GuestMem::new(&mut hv.mem, l4).read(s + 64 * i as u64 + 8, &mut b).unwrap();
+                i64::from_le_bytes(b)
+            })
+            .collect();
+        assert_eq!(results, vec![8, 1, -38, 0, -22, -14, 0, 4096]);
+        assert!(hv.console.out.contains("[d0] mc line\n"));
+    }
+
+    #[test]
+    fn multicall_bounds() {
+        let (mut hv, mut regs, s) = two_domains();
+        assert_eq!(call(&mut hv, &mut regs, 13, [s, 513, 0, 0, 0]).0, Errno::E2BIG.to_ret());
+        assert_eq!(call(&mut hv, &mut regs, 13, [0x1000, 1, 0, 0, 0]).0, Errno::EFAULT.to_ret());
+        assert_eq!(call(&mut hv, &mut regs, 13, [0x1000, 0, 0, 0, 0]).0, 0);
+        // An array running off the end of memory is refused before anything runs.
+        assert_eq!(call(&mut hv, &mut regs, 13, [GUEST_VIRT_BASE + 256 * 4096 - 64, 2, 0, 0, 0]).0, Errno::EFAULT.to_ret());
+    }
+
+    #[test]
+    fn crash_frees_frames_and_others_run_to_the_verdict() {
+        let (mut hv, mut regs, s) = two_domains();
+        let free_before = hv.frames.free_count();
+        let next = hv.guest_fault(&mut regs, GuestFault { vector: 14, error_code: 4, cr2: 0 });
+        assert!(matches!(next, Next::Run { domid: DomId(1), .. }));
+        assert!(hv.console.out.contains("d0 crashed: vector 14 (#PF)"));
+        assert_eq!(hv.frames.free_count(), free_before + 257);
+        assert_eq!(hv.frames.count_owned(DomId(0)), 0);
+        // d1 powers off cleanly; the verdict is still failure because d0 crashed.
+        poke(&mut hv, s, &0u32.to_le_bytes());
+        let (_, next) = call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
+        assert_eq!(next, Next::Exit { success: false });
+        assert!(hv.console.out.contains("all domains ended: d0 crash (killed on #PF), d1 poweroff -> exit failure"));
+    }
+
+    #[test]
+    fn clean_shutdowns_give_success_and_yield_round_robins() {
+        let (mut hv, mut regs, s) = two_domains();
+        let (_, next) = call(&mut hv, &mut regs, 29, [0; 5]);
+        assert!(matches!(next, Next::Run { domid: DomId(1), .. }));
+        let (_, next) = call(&mut hv, &mut regs, 29, [0; 5]);
+        assert!(matches!(next, Next::Run { domid: DomId(0), .. }));
+        for expect in [DomId(1)] {
+            poke(&mut hv, s, &0u32.to_le_bytes());
+            let (_, next) = call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
+            assert!(matches!(next, Next::Run { domid, .. } if domid == expect));
+        }
+        poke(&mut hv, s, &0u32.to_le_bytes());
+        let (_, next) = call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
+        assert_eq!(next, Next::Exit { success: true });
+    }
+
+    #[test]
+    fn failed_build_releases_its_frames() {
+        let mut hv = hypervisor(400);
+        let free = hv.frames.free_count();
+        let elf = tiny_elf(b"\x90", 0);
+        let cfg = DomainConfig { kernel: &elf, cmdline: "", nr_pages: 1000 };
+        assert_eq!(hv.create_domain(DomId(1), &cfg, &[]), Err(BuildError::OutOfMemory));
+        assert_eq!(hv.frames.free_count(), free);
+        let mut regs = VcpuRegs::default();
+        assert_eq!(hv.start(&mut regs), Next::Exit { success: false });
+    }
+}

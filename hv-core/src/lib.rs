@@ -1,0 +1,38 @@
+//! The hypervisor.
+//!
+//! Two worlds, one code: everything outside [`arch`] is portable Rust that also builds
+//! and runs on the host under `cargo test`, where machine memory is a `Vec` of frames
+//! ([`mem::TestMemory`]) and the serial port is a `String`. Only `arch/` touches hardware
+//! (boot, GDT/IDT/TSS, paging registers, port I/O, entry/exit assembly).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`mem`] | the [`mem::MachineMemory`] seam: bounds-checked access to machine frames |
+//! | [`frame_table`] | who owns every machine frame; the frame allocator |
+//! | [`paging`] | x86_64 PTE bits, guest page-table walks, building page tables |
+//! | [`guest_mem`] | the one checked API to copy from/to guest virtual addresses |
+//! | [`hypercall`] | decoding raw registers into typed, validated requests |
+//! | [`domain`] | domains and their vCPU state |
+//! | [`builder`] | the domain builder: ELF kernel -> frames, page tables, start_info |
+//! | [`hv`] | the hypervisor proper: hypercall execution, faults, scheduling, shutdown |
+//! | [`console`] | per-domain line buffering and `[dN]` prefixes on the shared console |
+//! | [`pod`] | the single place ABI structs are viewed as bytes |
+#![cfg_attr(target_os = "none", no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod builder;
+pub mod console;
+pub mod domain;
+pub mod frame_table;
+pub mod guest_mem;
+pub mod hv;
+pub mod hypercall;
+pub mod mem;
+pub mod paging;
+pub mod pod;
+
+#[cfg(target_os = "none")]
+pub mod arch;
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,384 @@
+//! Host only (`cargo test`): a fake hypervisor that implements the ABI's semantics over
+//! host memory, so kernels and their test programs run as ordinary host code.
+//!
+//! [`run`] builds a start_info page (with a P2M list, a "read-only" L4 page and a free
+//! memory region in host buffers), routes every hypercall of the calling thread to the
+//! fake, runs the kernel's main function and returns what it printed and how it ended.
+//!
+//! Memory model: the domain's memory is the host's lower half above 64 KiB; everything
+//! else (the first 64 KiB, the upper half, which holds the hypervisor region and the
+//! guest's own start-of-day VAs, and non-canonical addresses) is refused with `EFAULT`,
+//! as are writes to the pages registered read-only (the L4 at `pt_base`). Kernels under
+//! test must therefore only pass pointers to live buffers or to refused ranges, which is
+//! what real guest kernels do too.
+
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use abi::hypercall::{
+    ConsoleIoCmd, MulticallEntry, SchedOpCmd, ShutdownReason, XenVersionCmd, CONSOLE_IO_MAX,
+    MULTICALL_MAX_ENTRIES,
+};
+use abi::start_info::{set_cstr, ModuleInfo, StartInfo, MAX_MODULES, SIF_INITDOMAIN, SIF_PRIVILEGED};
+use abi::{DomId, Errno, HypercallNr, PAGE_SIZE};
+
+use crate::hv::InterfaceVersion;
+use crate::hypercall::Path;
+use crate::rt::KernelMain;
+
+/// The domain the fake builds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Domain id (start_info and the DomainId hypercall).
+    pub domid: u16,
+    /// `SIF_*` flags.
+    pub flags: u32,
+    /// Total pages (only the P2M list and `memory_end` use it).
+    pub nr_pages: u64,
+    /// Pages of free memory for `mem::alloc_slice`.
+    pub scratch_pages: usize,
+    /// The command line.
+    pub cmdline: String,
+    /// Modules: machine address, length, command line.
+    pub modules: Vec<(u64, u64, String)>,
+    /// Feature submap 0.
+    pub features: u32,
+    /// The extra-version string (at most 15 bytes).
+    pub extra_version: String,
+}
+
+impl Config {
+    /// An unprivileged domain 1 with `cmdline`.
+    pub fn domu(cmdline: &str) -> Config {
+        Config {
+            domid: 1,
+            flags: 0,
+            nr_pages: 256,
+            scratch_pages: 64,
+            cmdline: cmdline.into(),
+            modules: Vec::new(),
+            features: abi::hypercall::features::MULTICALL | abi::hypercall::features::INT82_ENTRY,
+            extra_version: "-fake".into(),
+        }
+    }
+
+    /// dom0 with `cmdline` and two modules (itself and a guest), as the real builder does.
+    pub fn dom0(cmdline: &str) -> Config {
+        Config {
+            domid: 0,
+            flags: SIF_PRIVILEGED | SIF_INITDOMAIN,
+            modules: vec![
+                (0x20_0000, 0x4_0000, "dom0.elf".into()),
+                (0x40_0000, 0x3_0000, "guest.elf test=hello".into()),
+            ],
+            features: abi::hypercall::features::MULTICALL
+                | abi::hypercall::features::INT82_ENTRY
+                | abi::hypercall::features::PRIVILEGED,
+            ..Config::domu(cmdline)
+        }
+    }
+}
+
+/// How a run ended and what it printed.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Everything written with `console_io`.
+    pub console: String,
+    /// The shutdown reason, if the kernel shut down.
+    pub shutdown: Option<ShutdownReason>,
+    /// The panic message, if the kernel panicked (host panics unwind to [`run`]).
+    pub panic: Option<String>,
+    /// Successful `sched_op(Yield)` calls.
+    pub yields: u64,
+    /// Every hypercall: path and number (multicall entries are not listed).
+    pub calls: Vec<(Path, u64)>,
+}
+
+impl Outcome {
+    /// The console output's lines.
+    pub fn lines(&self) -> Vec<&str> {
+        self.console.lines().collect()
+    }
+
+    /// The `Test result: ...` lines.
+    pub fn results(&self) -> Vec<&str> {
+        self.console.lines().filter(|l| l.starts_with("Test result: ")).collect()
+    }
+}
+
+#[repr(C, align(4096))]
+#[derive(Clone, Copy)]
+struct Page([u8; PAGE_SIZE]);
+
+struct Fake {
+    cfg: Config,
+    read_only: Vec<(u64, u64)>,
+    scratch: (u64, u64),
+    in_multicall: bool,
+    out: Outcome,
+}
+
+thread_local! {
+    static FAKE: RefCell<Option<Fake>> = const { RefCell::new(None) };
+}
+
+/// Serialises runs: the runtime's start_info and scratch allocator are process-global.
+static RUN_LOCK: Mutex<()> = Mutex::new(());
+
+/// The unwinding payload of a successful shutdown.
+struct ShutdownUnwind;
+
+/// Runs `main` as a kernel booted with `cfg` against the fake hypervisor.
+pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
+    let _guard = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    crate::hv::set_default_path(Path::Syscall);
+
+    let leak_pages = |n: usize| -> u64 {
+        Box::leak(vec![Page([0; PAGE_SIZE]); n].into_boxed_slice()).as_mut_ptr() as u64
+    };
+    let scratch_start = leak_pages(cfg.scratch_pages);
+    let scratch_end = scratch_start + (cfg.scratch_pages * PAGE_SIZE) as u64;
+    let l4 = leak_pages(1);
+    let shared_info = leak_pages(1);
+    let p2m: &'static [u64] =
+        Box::leak((0..cfg.nr_pages).map(|pfn| 0x1000 + 2 * pfn).collect::<Box<[u64]>>());
+
+    let mut si = StartInfo::new();
+    si.nr_pages = cfg.nr_pages;
+    si.shared_info = 0x0abc_d000;
+    si.flags = cfg.flags;
+    si.pt_base = l4;
+    si.nr_pt_frames = 4;
+    si.mfn_list = p2m.as_ptr() as u64;
+    set_cstr(&mut si.cmd_line, &cfg.cmdline);
+    si.domid = DomId(cfg.domid);
+    si.shared_info_va = shared_info;
+    si.first_free_va = scratch_start;
+    for (slot, (maddr, len, cmdline)) in si.modules.iter_mut().zip(&cfg.modules) {
+        *slot = ModuleInfo { maddr: *maddr, len: *len, cmdline: [0; 64] };
+        set_cstr(&mut slot.cmdline, cmdline);
+    }
+    si.nr_modules = cfg.modules.len().min(MAX_MODULES) as u32;
+    let si: &'static StartInfo = Box::leak(Box::new(si));
+
+    FAKE.with(|f| {
+        *f.borrow_mut() = Some(Fake {
+            cfg: cfg.clone(),
+            read_only: vec![(l4, PAGE_SIZE as u64)],
+            scratch: (scratch_start, scratch_end),
+            in_multicall: false,
+            out: Outcome::default(),
+        })
+    });
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `si` is leaked, so valid and unchanged forever; its free region is a
+        // leaked host buffer nothing else uses; RUN_LOCK makes this the only running
+        // kernel.
+        unsafe { crate::rt::start(si, main) };
+    }));
+    let fake = FAKE.with(|f| f.borrow_mut().take()).expect("fake installed above");
+    let mut out = fake.out;
+    match result {
+        Ok(()) => unreachable!("a kernel main function returned"),
+        Err(payload) if payload.is::<ShutdownUnwind>() => {}
+        Err(payload) => {
+            out.panic = Some(
+                payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "<non-string panic>".into()),
+            );
+        }
+    }
+    out
+}
+
+/// Routes a hypercall issued on the host to the calling thread's fake (`-ENOSYS` if none).
+pub(crate) fn dispatch(path: Path, nr: u64, args: [u64; 5]) -> i64 {
+    FAKE.with(|f| match f.borrow_mut().as_mut() {
+        Some(fake) => {
+            fake.out.calls.push((path, nr));
+            fake.call(nr, args)
+        }
+        None => Errno::ENOSYS.to_ret(),
+    })
+}
+
+/// The free region of the current run (empty outside [`run`]).
+pub(crate) fn scratch_region() -> (u64, u64) {
+    FAKE.with(|f| f.borrow().as_ref().map_or((0, 0), |fake| fake.scratch))
+}
+
+/// A shutdown hypercall came back: unwind out of the kernel to [`run`] if the fake
+/// accepted it, panic if it refused.
+pub(crate) fn shutdown_returned(reason: ShutdownReason, ret: i64) -> ! {
+    if ret >= 0 {
+        panic::resume_unwind(Box::new(ShutdownUnwind));
+    }
+    panic!("shutdown({}) refused: {}", reason.name(), crate::xtf::RetFmt(ret))
+}
+
+const LOWER_HALF_END: u64 = 0x0000_8000_0000_0000;
+const LOW_UNMAPPED: u64 = 0x1_0000;
+
+impl Fake {
+    fn call(&mut self, nr: u64, args: [u64; 5]) -> i64 {
+        match self.call_inner(nr, args) {
+            Ok(v) => v as i64,
+            Err(e) => e.to_ret(),
+        }
+    }
+
+    /// Validates a guest range as the real hypervisor would (see the module docs).
+    fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Errno> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = addr.checked_add(len - 1).ok_or(Errno::EFAULT)?;
+        if addr < LOW_UNMAPPED || last >= LOWER_HALF_END {
+            return Err(Errno::EFAULT);
+        }
+        if write && self.read_only.iter().any(|&(s, l)| addr < s + l && s <= last) {
+            return Err(Errno::EFAULT);
+        }
+        Ok(())
+    }
+
+    fn call_inner(&mut self, nr: u64, a: [u64; 5]) -> Result<u64, Errno> {
+        match HypercallNr::try_from(nr)? {
+            HypercallNr::ConsoleIo => match ConsoleIoCmd::try_from(a[0])? {
+                ConsoleIoCmd::Write => {
+                    let (count, buf) = (a[1], a[2]);
+                    if count > CONSOLE_IO_MAX {
+                        return Err(Errno::E2BIG);
+                    }
+                    self.check(buf, count, false)?;
+                    if count > 0 {
+                        // SAFETY: the range passed `check`: host memory the kernel under
+                        // test handed over as a live buffer (module docs).
+                        let bytes = unsafe { std::slice::from_raw_parts(buf as *const u8, count as usize) };
+                        self.out.console.push_str(&String::from_utf8_lossy(bytes));
+                    }
+                    Ok(count)
+                }
+                ConsoleIoCmd::Read if self.cfg.flags & SIF_PRIVILEGED != 0 => Ok(0),
+                ConsoleIoCmd::Read => Err(Errno::EPERM),
+            },
+            HypercallNr::XenVersion => match XenVersionCmd::try_from(a[0])? {
+                XenVersionCmd::Version => Ok(InterfaceVersion::ABI.raw()),
+                XenVersionCmd::ExtraVersion => {
+                    self.check(a[1], 16, true)?;
+                    let mut s = [0u8; 16];
+                    set_cstr(&mut s, &self.cfg.extra_version);
+                    // SAFETY: 16 writable bytes of a live host buffer (`check`).
+                    unsafe { (a[1] as *mut [u8; 16]).write_unaligned(s) };
+                    Ok(0)
+                }
+                XenVersionCmd::GetFeatures => {
+                    self.check(a[1], 8, true)?;
+                    // SAFETY: 8 writable bytes of a live host buffer (`check`).
+                    let idx = unsafe { (a[1] as *const u32).read_unaligned() };
+                    let submap = if idx == 0 { self.cfg.features } else { 0 };
+                    // SAFETY: as above; bytes 4..8.
+                    unsafe { ((a[1] + 4) as *mut u32).write_unaligned(submap) };
+                    Ok(0)
+                }
+                XenVersionCmd::PageSize => Ok(PAGE_SIZE as u64),
+            },
+            HypercallNr::SchedOp => match SchedOpCmd::try_from(a[0])? {
+                SchedOpCmd::Yield => {
+                    self.out.yields += 1;
+                    Ok(0)
+                }
+                SchedOpCmd::Block => Err(Errno::ENOSYS),
+                SchedOpCmd::Shutdown => {
+                    self.check(a[1], 4, false)?;
+                    // SAFETY: 4 readable bytes of a live host buffer (`check`).
+                    let reason = unsafe { (a[1] as *const u32).read_unaligned() };
+                    self.out.shutdown = Some(ShutdownReason::try_from(reason)?);
+                    Ok(0)
+                }
+            },
+            HypercallNr::DomainId => Ok(self.cfg.domid as u64),
+            HypercallNr::Multicall => {
+                if self.in_multicall {
+                    return Err(Errno::EINVAL);
+                }
+                let (list, count) = (a[0], a[1]);
+                if count > MULTICALL_MAX_ENTRIES {
+                    return Err(Errno::E2BIG);
+                }
+                self.check(list, count * 64, true)?;
+                let list = list as *mut MulticallEntry;
+                for i in 0..count as usize {
+                    // SAFETY: entry `i` lies in the checked, writable host buffer.
+                    let entry = unsafe { list.add(i).read_unaligned() };
+                    let [a1, a2, a3, a4, a5, _] = entry.args;
+                    self.in_multicall = true;
+                    let ret = self.call(entry.op, [a1, a2, a3, a4, a5]);
+                    self.in_multicall = false;
+                    // SAFETY: as above.
+                    unsafe { core::ptr::addr_of_mut!((*list.add(i)).result).write_unaligned(ret as u64) };
+                    if self.out.shutdown.is_some() {
+                        break;
+                    }
+                }
+                Ok(0)
+            }
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hv;
+
+    fn probe(_si: &'static StartInfo) -> ! {
+        crate::println!("domid {:?}", hv::domain_id());
+        crate::println!("p2m[1] {:?}", crate::mem::p2m_entry(1));
+        let pages = crate::mem::alloc_slice(3 * PAGE_SIZE, 0u8).map(|s| s.len());
+        crate::println!("alloc {pages:?}");
+        hv::shutdown(ShutdownReason::Reboot)
+    }
+
+    #[test]
+    fn run_reports_console_and_shutdown() {
+        let out = run(&Config::domu("x=1"), probe);
+        assert_eq!(
+            out.lines(),
+            ["domid Ok(DomId(1))", "p2m[1] Some(mfn:0x1002)", "alloc Some(12288)"]
+        );
+        assert_eq!(out.shutdown, Some(ShutdownReason::Reboot));
+        assert_eq!(out.panic, None);
+    }
+
+    fn bad_magic(_si: &'static StartInfo) -> ! {
+        unreachable!()
+    }
+
+    #[test]
+    fn bad_start_info_pointer_crashes() {
+        let _guard = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        FAKE.with(|f| {
+            *f.borrow_mut() = Some(Fake {
+                cfg: Config::domu(""),
+                read_only: Vec::new(),
+                scratch: (0, 0),
+                in_multicall: false,
+                out: Outcome::default(),
+            })
+        });
+        let r = panic::catch_unwind(|| {
+            // SAFETY: null is allowed by `start`'s contract (it refuses it).
+            unsafe { crate::rt::start(core::ptr::null(), bad_magic) };
+        });
+        assert!(r.is_err());
+        let fake = FAKE.with(|f| f.borrow_mut().take()).unwrap();
+        assert_eq!(fake.out.shutdown, Some(ShutdownReason::Crash));
+        assert!(fake.out.console.starts_with("boot: bad start_info pointer 0x0"));
+    }
+}
