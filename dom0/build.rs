@@ -5,7 +5,8 @@ use std::env;
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let script = manifest.join("../pv-guest-kernel/guest.ld");
     let script = script.canonicalize().unwrap_or(script);
     println!("cargo:rerun-if-changed={}", script.display());

@@ -39,14 +39,21 @@ fn dom0_main(si: &'static StartInfo) -> ! {
         Ok(d) => println!("domid (hypercall): {}", d.0),
         Err(e) => println!("domid (hypercall): error {e}"),
     }
-    println!("privileged: {} (flags {:#x})", yes_no(si.is_privileged()), si.flags);
+    println!(
+        "privileged: {} (flags {:#x})",
+        yes_no(si.is_privileged()),
+        si.flags
+    );
     println!("initial domain: {}", yes_no(si.flags & SIF_INITDOMAIN != 0));
     println!(
         "nr_pages: {} ({} MiB)",
         si.nr_pages,
         si.nr_pages.saturating_mul(PAGE_SIZE as u64) >> 20
     );
-    println!("shared_info: maddr {:#x}, va {:#x}", si.shared_info, si.shared_info_va);
+    println!(
+        "shared_info: maddr {:#x}, va {:#x}",
+        si.shared_info, si.shared_info_va
+    );
     println!("pt_base: {:#x} ({} frames)", si.pt_base, si.nr_pt_frames);
     println!("mfn_list: {:#x}", si.mfn_list);
     for pfn in 0..P2M_SHOWN.min(si.nr_pages) {
@@ -55,7 +62,11 @@ fn dom0_main(si: &'static StartInfo) -> ! {
             None => println!("p2m[{pfn}]: unavailable"),
         }
     }
-    println!("first_free_va: {:#x}, memory end: {:#x}", si.first_free_va, mem::memory_end(si));
+    println!(
+        "first_free_va: {:#x}, memory end: {:#x}",
+        si.first_free_va,
+        mem::memory_end(si)
+    );
     println!("cmdline: {:?}", cmdline.as_str());
     match hv::version() {
         Ok(v) => println!("interface version: {v}"),
@@ -71,15 +82,27 @@ fn dom0_main(si: &'static StartInfo) -> ! {
     }
     println!("modules: {}", si.nr_modules);
     for (i, m) in si.modules().iter().enumerate() {
-        println!("module {i}: maddr {:#x}, len {}, cmdline {:?}", m.maddr, m.len, m.cmdline());
+        println!(
+            "module {i}: maddr {:#x}, len {}, cmdline {:?}",
+            m.maddr,
+            m.len,
+            m.cmdline()
+        );
     }
 
     let mut c = Checker::new();
     c.check("start_info magic", si.magic_ok());
     c.check("privileged flag set", si.flags & SIF_PRIVILEGED != 0);
     c.check_eq("domid is 0", 0, si.domid.0);
-    c.check_eq("DomainId hypercall agrees with start_info", Ok(si.domid), domid);
-    c.check(format_args!("at least one module ({})", si.nr_modules), !si.modules().is_empty());
+    c.check_eq(
+        "DomainId hypercall agrees with start_info",
+        Ok(si.domid),
+        domid,
+    );
+    c.check(
+        format_args!("at least one module ({})", si.nr_modules),
+        !si.modules().is_empty(),
+    );
     let ok = c.report();
 
     let yields = cmdline.u64_or("yields", DEFAULT_YIELDS);
@@ -90,7 +113,11 @@ fn dom0_main(si: &'static StartInfo) -> ! {
         }
     }
     println!("dom0: yielded {yields} times ({failed_yields} failed), shutting down");
-    hv::shutdown(if ok { ShutdownReason::Poweroff } else { ShutdownReason::Crash })
+    hv::shutdown(if ok {
+        ShutdownReason::Poweroff
+    } else {
+        ShutdownReason::Crash
+    })
 }
 
 #[cfg(not(target_os = "none"))]
@@ -124,9 +151,15 @@ mod tests {
             "module 1: maddr 0x400000, len 196608, cmdline \"guest.elf test=hello\"",
             "dom0: yielded 3 times (0 failed), shutting down",
         ] {
-            assert!(lines.contains(&want), "missing {want:?} in\n{}", out.console);
+            assert!(
+                lines.contains(&want),
+                "missing {want:?} in\n{}",
+                out.console
+            );
         }
-        assert!(lines.iter().any(|l| l.starts_with("shared_info: maddr 0xabcd000, va 0x")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("shared_info: maddr 0xabcd000, va 0x")));
         assert_eq!(out.results(), ["Test result: SUCCESS"], "{}", out.console);
         assert_eq!(out.yields, 3);
         assert_eq!(out.shutdown, Some(ShutdownReason::Poweroff));
@@ -141,7 +174,12 @@ mod tests {
     #[test]
     fn fails_as_a_domu() {
         let out = run(&Config::domu("yields=0"), dom0_main);
-        assert_eq!(out.results(), ["Test result: FAILURE (privileged flag set)"], "{}", out.console);
+        assert_eq!(
+            out.results(),
+            ["Test result: FAILURE (privileged flag set)"],
+            "{}",
+            out.console
+        );
         assert_eq!(out.shutdown, Some(ShutdownReason::Crash));
         assert_eq!(out.yields, 0);
     }

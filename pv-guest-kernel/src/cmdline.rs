@@ -44,7 +44,10 @@ impl<'a> Cmdline<'a> {
 
     /// The value of the last `key`, if present.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.pairs().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
+        self.pairs()
+            .filter(|(k, _)| *k == key)
+            .last()
+            .map(|(_, v)| v)
     }
 
     /// True if `key` is present (with or without a value).
@@ -56,7 +59,9 @@ impl<'a> Cmdline<'a> {
     pub fn get_u64(&self, key: &'a str) -> Result<Option<u64>, InvalidValue<'a>> {
         match self.get(key) {
             None => Ok(None),
-            Some(value) => parse_u64(value).map(Some).ok_or(InvalidValue { key, value }),
+            Some(value) => parse_u64(value)
+                .map(Some)
+                .ok_or(InvalidValue { key, value }),
         }
     }
 
@@ -92,7 +97,12 @@ mod tests {
         let c = Cmdline::new("  test=badptr verbose yields=7  x=a=b ");
         assert_eq!(
             c.pairs().collect::<Vec<_>>(),
-            [("test", "badptr"), ("verbose", ""), ("yields", "7"), ("x", "a=b")]
+            [
+                ("test", "badptr"),
+                ("verbose", ""),
+                ("yields", "7"),
+                ("x", "a=b")
+            ]
         );
         assert_eq!(c.get("test"), Some("badptr"));
         assert_eq!(c.get("verbose"), Some(""));
@@ -114,7 +124,13 @@ mod tests {
         assert_eq!(c.get_u64("yields"), Ok(Some(12)));
         assert_eq!(c.get_u64("hex"), Ok(Some(31)));
         assert_eq!(c.get_u64("missing"), Ok(None));
-        assert_eq!(c.get_u64("bad"), Err(InvalidValue { key: "bad", value: "12a" }));
+        assert_eq!(
+            c.get_u64("bad"),
+            Err(InvalidValue {
+                key: "bad",
+                value: "12a"
+            })
+        );
         assert!(c.get_u64("empty").is_err());
         assert!(c.get_u64("neg").is_err());
         assert_eq!(c.u64_or("yields", 5), 12);

@@ -21,7 +21,11 @@ pub struct LineBuf<const N: usize, F: FnMut(&[u8])> {
 impl<const N: usize, F: FnMut(&[u8])> LineBuf<N, F> {
     /// An empty buffer writing to `sink`.
     pub const fn new(sink: F) -> Self {
-        LineBuf { buf: [0; N], len: 0, sink }
+        LineBuf {
+            buf: [0; N],
+            len: 0,
+            sink,
+        }
     }
 
     /// Appends bytes, flushing after each `\n` and whenever the buffer is full.
@@ -106,18 +110,20 @@ macro_rules! println {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt::Write as _;
 
     fn collect(n: usize, f: impl FnOnce(&mut dyn fmt::Write)) -> Vec<String> {
         let mut out = Vec::new();
         match n {
             8 => {
-                let mut b = LineBuf::<8, _>::new(|s: &[u8]| out.push(String::from_utf8_lossy(s).into_owned()));
+                let mut b = LineBuf::<8, _>::new(|s: &[u8]| {
+                    out.push(String::from_utf8_lossy(s).into_owned())
+                });
                 f(&mut b);
             }
             _ => {
-                let mut b =
-                    LineBuf::<64, _>::new(|s: &[u8]| out.push(String::from_utf8_lossy(s).into_owned()));
+                let mut b = LineBuf::<64, _>::new(|s: &[u8]| {
+                    out.push(String::from_utf8_lossy(s).into_owned())
+                });
                 f(&mut b);
             }
         }
@@ -141,13 +147,18 @@ mod tests {
 
     #[test]
     fn exact_fit_and_empty() {
-        assert_eq!(collect(8, |w| write!(w, "1234567\n").unwrap()), ["1234567\n"]);
+        assert_eq!(
+            collect(8, |w| writeln!(w, "1234567").unwrap()),
+            ["1234567\n"]
+        );
         assert!(collect(8, |w| write!(w, "").unwrap()).is_empty());
     }
 
     #[test]
     fn formats_numbers() {
-        let out = collect(64, |w| writeln!(w, "tick {} {:#x} {:?}", 3, 255, "q").unwrap());
+        let out = collect(64, |w| {
+            writeln!(w, "tick {} {:#x} {:?}", 3, 255, "q").unwrap()
+        });
         assert_eq!(out, ["tick 3 0xff \"q\"\n"]);
     }
 }

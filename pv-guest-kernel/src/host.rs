@@ -20,7 +20,9 @@ use abi::hypercall::{
     ConsoleIoCmd, MulticallEntry, SchedOpCmd, ShutdownReason, XenVersionCmd, CONSOLE_IO_MAX,
     MULTICALL_MAX_ENTRIES,
 };
-use abi::start_info::{set_cstr, ModuleInfo, StartInfo, MAX_MODULES, SIF_INITDOMAIN, SIF_PRIVILEGED};
+use abi::start_info::{
+    set_cstr, ModuleInfo, StartInfo, MAX_MODULES, SIF_INITDOMAIN, SIF_PRIVILEGED,
+};
 use abi::{DomId, Errno, HypercallNr, PAGE_SIZE};
 
 use crate::hv::InterfaceVersion;
@@ -103,7 +105,10 @@ impl Outcome {
 
     /// The `Test result: ...` lines.
     pub fn results(&self) -> Vec<&str> {
-        self.console.lines().filter(|l| l.starts_with("Test result: ")).collect()
+        self.console
+            .lines()
+            .filter(|l| l.starts_with("Test result: "))
+            .collect()
     }
 }
 
@@ -141,8 +146,11 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
     let scratch_end = scratch_start + (cfg.scratch_pages * PAGE_SIZE) as u64;
     let l4 = leak_pages(1);
     let shared_info = leak_pages(1);
-    let p2m: &'static [u64] =
-        Box::leak((0..cfg.nr_pages).map(|pfn| 0x1000 + 2 * pfn).collect::<Box<[u64]>>());
+    let p2m: &'static [u64] = Box::leak(
+        (0..cfg.nr_pages)
+            .map(|pfn| 0x1000 + 2 * pfn)
+            .collect::<Box<[u64]>>(),
+    );
 
     let mut si = StartInfo::new();
     si.nr_pages = cfg.nr_pages;
@@ -156,7 +164,11 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
     si.shared_info_va = shared_info;
     si.first_free_va = scratch_start;
     for (slot, (maddr, len, cmdline)) in si.modules.iter_mut().zip(&cfg.modules) {
-        *slot = ModuleInfo { maddr: *maddr, len: *len, cmdline: [0; 64] };
+        *slot = ModuleInfo {
+            maddr: *maddr,
+            len: *len,
+            cmdline: [0; 64],
+        };
         set_cstr(&mut slot.cmdline, cmdline);
     }
     si.nr_modules = cfg.modules.len().min(MAX_MODULES) as u32;
@@ -177,7 +189,9 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
         // kernel.
         unsafe { crate::rt::start(si, main) };
     }));
-    let fake = FAKE.with(|f| f.borrow_mut().take()).expect("fake installed above");
+    let fake = FAKE
+        .with(|f| f.borrow_mut().take())
+        .expect("fake installed above");
     let mut out = fake.out;
     match result {
         Ok(()) => unreachable!("a kernel main function returned"),
@@ -217,7 +231,11 @@ pub(crate) fn shutdown_returned(reason: ShutdownReason, ret: i64) -> ! {
     if ret >= 0 {
         panic::resume_unwind(Box::new(ShutdownUnwind));
     }
-    panic!("shutdown({}) refused: {}", reason.name(), crate::xtf::RetFmt(ret))
+    panic!(
+        "shutdown({}) refused: {}",
+        reason.name(),
+        crate::xtf::RetFmt(ret)
+    )
 }
 
 const LOWER_HALF_END: u64 = 0x0000_8000_0000_0000;
@@ -240,7 +258,12 @@ impl Fake {
         if addr < LOW_UNMAPPED || last >= LOWER_HALF_END {
             return Err(Errno::EFAULT);
         }
-        if write && self.read_only.iter().any(|&(s, l)| addr < s + l && s <= last) {
+        if write
+            && self
+                .read_only
+                .iter()
+                .any(|&(s, l)| addr < s + l && s <= last)
+        {
             return Err(Errno::EFAULT);
         }
         Ok(())
@@ -258,7 +281,8 @@ impl Fake {
                     if count > 0 {
                         // SAFETY: the range passed `check`: host memory the kernel under
                         // test handed over as a live buffer (module docs).
-                        let bytes = unsafe { std::slice::from_raw_parts(buf as *const u8, count as usize) };
+                        let bytes =
+                            unsafe { std::slice::from_raw_parts(buf as *const u8, count as usize) };
                         self.out.console.push_str(&String::from_utf8_lossy(bytes));
                     }
                     Ok(count)
@@ -320,7 +344,9 @@ impl Fake {
                     let ret = self.call(entry.op, [a1, a2, a3, a4, a5]);
                     self.in_multicall = false;
                     // SAFETY: as above.
-                    unsafe { core::ptr::addr_of_mut!((*list.add(i)).result).write_unaligned(ret as u64) };
+                    unsafe {
+                        core::ptr::addr_of_mut!((*list.add(i)).result).write_unaligned(ret as u64)
+                    };
                     if self.out.shutdown.is_some() {
                         break;
                     }
@@ -350,7 +376,11 @@ mod tests {
         let out = run(&Config::domu("x=1"), probe);
         assert_eq!(
             out.lines(),
-            ["domid Ok(DomId(1))", "p2m[1] Some(mfn:0x1002)", "alloc Some(12288)"]
+            [
+                "domid Ok(DomId(1))",
+                "p2m[1] Some(mfn:0x1002)",
+                "alloc Some(12288)"
+            ]
         );
         assert_eq!(out.shutdown, Some(ShutdownReason::Reboot));
         assert_eq!(out.panic, None);
@@ -379,6 +409,9 @@ mod tests {
         assert!(r.is_err());
         let fake = FAKE.with(|f| f.borrow_mut().take()).unwrap();
         assert_eq!(fake.out.shutdown, Some(ShutdownReason::Crash));
-        assert!(fake.out.console.starts_with("boot: bad start_info pointer 0x0"));
+        assert!(fake
+            .out
+            .console
+            .starts_with("boot: bad start_info pointer 0x0"));
     }
 }

@@ -59,7 +59,10 @@ impl InterfaceVersion {
     /// Decodes a raw value; values that do not fit 32 bits are `ERANGE`.
     pub fn from_raw(v: u64) -> Result<InterfaceVersion, Errno> {
         let v = u32::try_from(v).map_err(|_| Errno::ERANGE)?;
-        Ok(InterfaceVersion { major: (v >> 16) as u16, minor: v as u16 })
+        Ok(InterfaceVersion {
+            major: (v >> 16) as u16,
+            minor: v as u16,
+        })
     }
 }
 
@@ -125,7 +128,11 @@ pub const fn multicall_entry(nr: HypercallNr, args: [u64; 5]) -> MulticallEntry 
 
 /// A multicall entry with an arbitrary operation number (for tests of unknown ops).
 pub const fn multicall_entry_raw(op: u64, args: [u64; 5]) -> MulticallEntry {
-    MulticallEntry { op, result: 0, args: [args[0], args[1], args[2], args[3], args[4], 0] }
+    MulticallEntry {
+        op,
+        result: 0,
+        args: [args[0], args[1], args[2], args[3], args[4], 0],
+    }
 }
 
 /// The result the hypervisor stored in `entry`, as the signed value it is.
@@ -152,7 +159,13 @@ impl Path {
             return Ok(0);
         }
         let len = buf.len().min(CONSOLE_IO_MAX as usize);
-        let args = [ConsoleIoCmd::Write as u64, len as u64, buf.as_ptr() as u64, 0, 0];
+        let args = [
+            ConsoleIoCmd::Write as u64,
+            len as u64,
+            buf.as_ptr() as u64,
+            0,
+            0,
+        ];
         // SAFETY: the hypervisor only reads `len <= buf.len()` bytes from `buf`, a live
         // shared slice.
         let ret = unsafe { self.call(HypercallNr::ConsoleIo as u64, args) };
@@ -171,8 +184,15 @@ impl Path {
             XenVersionCmd::ExtraVersion => core::mem::size_of::<XenExtraVersion>(),
             XenVersionCmd::GetFeatures => core::mem::size_of::<XenFeatureInfo>(),
         };
-        assert!(buf.len() >= need, "xen_version({cmd:?}) needs a {need}-byte buffer");
-        let ptr = if need == 0 { 0 } else { buf.as_mut_ptr() as u64 };
+        assert!(
+            buf.len() >= need,
+            "xen_version({cmd:?}) needs a {need}-byte buffer"
+        );
+        let ptr = if need == 0 {
+            0
+        } else {
+            buf.as_mut_ptr() as u64
+        };
         // SAFETY: the hypervisor writes at most `need` bytes to `buf`, a live exclusive
         // byte slice of at least that length (any byte pattern is a valid `u8`).
         let ret = unsafe { self.call(HypercallNr::XenVersion as u64, [cmd as u64, ptr, 0, 0, 0]) };
@@ -230,8 +250,16 @@ impl Path {
     /// `sched_op(Shutdown, reason)`. Does not return: if the hypervisor refuses, the
     /// error is printed and the domain yields forever.
     pub fn shutdown(self, reason: ShutdownReason) -> ! {
-        let arg = SchedShutdown { reason: reason as u32 };
-        let args = [SchedOpCmd::Shutdown as u64, &arg as *const SchedShutdown as u64, 0, 0, 0];
+        let arg = SchedShutdown {
+            reason: reason as u32,
+        };
+        let args = [
+            SchedOpCmd::Shutdown as u64,
+            &arg as *const SchedShutdown as u64,
+            0,
+            0,
+            0,
+        ];
         // SAFETY: the hypervisor only reads the 4-byte `SchedShutdown` from `arg`, a live
         // local.
         let ret = unsafe { self.call(HypercallNr::SchedOp as u64, args) };

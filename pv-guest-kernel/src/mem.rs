@@ -12,7 +12,10 @@ use abi::{Mfn, PAGE_SIZE};
 /// [`GUEST_VIRT_MAX_BYTES`]; a domain filling all 2 GiB ends at the top of the address
 /// space, which wraps to 0).
 pub fn memory_end(si: &StartInfo) -> u64 {
-    let bytes = si.nr_pages.saturating_mul(PAGE_SIZE as u64).min(GUEST_VIRT_MAX_BYTES);
+    let bytes = si
+        .nr_pages
+        .saturating_mul(PAGE_SIZE as u64)
+        .min(GUEST_VIRT_MAX_BYTES);
     GUEST_VIRT_BASE.wrapping_add(bytes)
 }
 

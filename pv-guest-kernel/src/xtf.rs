@@ -82,7 +82,14 @@ impl Default for Checker {
 impl Checker {
     /// No checks yet.
     pub const fn new() -> Self {
-        Checker { passed: 0, failed: 0, first: Text { buf: [0; FIRST_FAILURE_LEN], len: 0 } }
+        Checker {
+            passed: 0,
+            failed: 0,
+            first: Text {
+                buf: [0; FIRST_FAILURE_LEN],
+                len: 0,
+            },
+        }
     }
 
     fn pass(&mut self, what: &dyn Display) {
@@ -115,7 +122,12 @@ impl Checker {
     }
 
     /// Checks `got == expected`: `FAIL: <what>: expected X got Y` (both `Debug`).
-    pub fn check_eq<T: PartialEq + fmt::Debug>(&mut self, what: impl Display, expected: T, got: T) -> bool {
+    pub fn check_eq<T: PartialEq + fmt::Debug>(
+        &mut self,
+        what: impl Display,
+        expected: T,
+        got: T,
+    ) -> bool {
         if expected == got {
             self.pass(&what);
             true
@@ -127,19 +139,31 @@ impl Checker {
 
     /// Checks a raw hypercall result exactly (an unknown negative value is not mistaken
     /// for `EINVAL`): `FAIL: <what>: expected -14 (EFAULT) got 0`.
-    pub fn check_ret(&mut self, what: impl Display, expected: Result<u64, Errno>, got: i64) -> bool {
+    pub fn check_ret(
+        &mut self,
+        what: impl Display,
+        expected: Result<u64, Errno>,
+        got: i64,
+    ) -> bool {
         let want = expected_ret(expected);
         if want == got {
             self.pass(&format_args!("{what} -> {}", RetFmt(got)));
             true
         } else {
-            self.fail(&what, format_args!("expected {} got {}", RetFmt(want), RetFmt(got)));
+            self.fail(
+                &what,
+                format_args!("expected {} got {}", RetFmt(want), RetFmt(got)),
+            );
             false
         }
     }
 
     /// Checks a decoded result is `Ok`, printing the value; returns it.
-    pub fn check_ok<T: fmt::Debug>(&mut self, what: impl Display, got: Result<T, Errno>) -> Option<T> {
+    pub fn check_ok<T: fmt::Debug>(
+        &mut self,
+        what: impl Display,
+        got: Result<T, Errno>,
+    ) -> Option<T> {
         match got {
             Ok(v) => {
                 self.pass(&format_args!("{what} -> {v:?}"));
@@ -184,7 +208,11 @@ impl Checker {
 
     /// [`Checker::report`], then shuts down: poweroff on success, crash on failure.
     pub fn finish(&self) -> ! {
-        let reason = if self.report() { ShutdownReason::Poweroff } else { ShutdownReason::Crash };
+        let reason = if self.report() {
+            ShutdownReason::Poweroff
+        } else {
+            ShutdownReason::Crash
+        };
         hv::shutdown(reason)
     }
 }

@@ -45,7 +45,11 @@ pub fn run(env: &Env) -> ! {
     // Unknown sub-operations (with otherwise valid arguments, so only the sub-op is wrong).
     let msg = b"badptr: console_io cmd 7 must not print this\n";
     let unknown_sub_ops = [
-        ("console_io cmd 7", CONSOLE_IO, [7, msg.len() as u64, msg.as_ptr() as u64, 0, 0]),
+        (
+            "console_io cmd 7",
+            CONSOLE_IO,
+            [7, msg.len() as u64, msg.as_ptr() as u64, 0, 0],
+        ),
         ("sched_op 99", SCHED_OP, [99, 0, 0, 0, 0]),
         ("xen_version 99", XEN_VERSION, [99, 0, 0, 0, 0]),
     ];
@@ -75,7 +79,11 @@ pub fn run(env: &Env) -> ! {
     }
     // SAFETY: as above; the same table through the other entry path.
     let ret = unsafe { Path::Int82.raw(CONSOLE_IO, [WRITE, 16, LOW_UNMAPPED, 0, 0]) };
-    c.check_ret("console_io write at 0x1000 via int 0x82", Err(Errno::EFAULT), ret);
+    c.check_ret(
+        "console_io write at 0x1000 via int 0x82",
+        Err(Errno::EFAULT),
+        ret,
+    );
 
     // Lengths over the limit, from a valid buffer (so only the length is wrong).
     match mem::alloc_slice(CONSOLE_IO_MAX as usize + 1, b'x') {
@@ -84,7 +92,11 @@ pub fn run(env: &Env) -> ! {
                 // SAFETY: console_io Write only reads; `big` is a live scratch buffer of
                 // CONSOLE_IO_MAX + 1 bytes.
                 let ret = unsafe { hv::raw(CONSOLE_IO, [WRITE, len, big.as_ptr() as u64, 0, 0]) };
-                c.check_ret(format_args!("console_io write of {len} bytes"), Err(Errno::E2BIG), ret);
+                c.check_ret(
+                    format_args!("console_io write of {len} bytes"),
+                    Err(Errno::E2BIG),
+                    ret,
+                );
             }
         }
         None => c.fail("scratch buffer for the E2BIG writes", "out of memory"),
@@ -93,20 +105,34 @@ pub fn run(env: &Env) -> ! {
     // xen_version(ExtraVersion) writing into memory the guest may not write.
     c.check(
         format_args!("start_info.pt_base {:#x} is page aligned", si.pt_base),
-        si.pt_base != 0 && si.pt_base % PAGE_SIZE as u64 == 0,
+        si.pt_base != 0 && si.pt_base.is_multiple_of(PAGE_SIZE as u64),
     );
-    let read_only_targets =
-        [("the read-only L4 at pt_base", si.pt_base), ("the hypervisor region", HV_ADDR)];
+    let read_only_targets = [
+        ("the read-only L4 at pt_base", si.pt_base),
+        ("the hypervisor region", HV_ADDR),
+    ];
     for (what, addr) in read_only_targets {
         // SAFETY: neither target may be written by the hypervisor on our behalf: the L4 is
         // a page table (mapped read-only), the hypervisor region is supervisor-only. No
         // Rust reference to either exists.
-        let ret = unsafe { hv::raw(XEN_VERSION, [XenVersionCmd::ExtraVersion as u64, addr, 0, 0, 0]) };
-        c.check_ret(format_args!("xen_version(ExtraVersion) into {what}"), Err(Errno::EFAULT), ret);
+        let ret = unsafe {
+            hv::raw(
+                XEN_VERSION,
+                [XenVersionCmd::ExtraVersion as u64, addr, 0, 0, 0],
+            )
+        };
+        c.check_ret(
+            format_args!("xen_version(ExtraVersion) into {what}"),
+            Err(Errno::EFAULT),
+            ret,
+        );
     }
 
     // ...and into a valid buffer it works.
-    if let Some(bits) = c.check_ok("xen_version(GetFeatures) into a valid buffer", hv::features()) {
+    if let Some(bits) = c.check_ok(
+        "xen_version(GetFeatures) into a valid buffer",
+        hv::features(),
+    ) {
         c.check(
             format_args!("features {} include MULTICALL", Features(bits)),
             Features(bits).has(features::MULTICALL),
@@ -114,10 +140,17 @@ pub fn run(env: &Env) -> ! {
     }
 
     // sched_op(Shutdown) refusals: the domain keeps running.
-    for (what, arg) in [("unmapped low page", LOW_UNMAPPED), ("hypervisor region", HV_ADDR)] {
+    for (what, arg) in [
+        ("unmapped low page", LOW_UNMAPPED),
+        ("hypervisor region", HV_ADDR),
+    ] {
         // SAFETY: Shutdown only reads its argument, which lies outside our memory.
         let ret = unsafe { hv::raw(SCHED_OP, [SchedOpCmd::Shutdown as u64, arg, 0, 0, 0]) };
-        c.check_ret(format_args!("sched_op(Shutdown) with argument in the {what}"), Err(Errno::EFAULT), ret);
+        c.check_ret(
+            format_args!("sched_op(Shutdown) with argument in the {what}"),
+            Err(Errno::EFAULT),
+            ret,
+        );
     }
     let bad_reason = SchedShutdown { reason: 2 };
     let arg = &bad_reason as *const SchedShutdown as u64;
@@ -134,14 +167,25 @@ pub fn run(env: &Env) -> ! {
             // SAFETY: `list` is a live, exclusive scratch slice of plain integers; every
             // entry is an unknown hypercall without pointers, harmless even if executed.
             let ret = unsafe { hv::raw(MULTICALL, [list.as_mut_ptr() as u64, count, 0, 0, 0]) };
-            c.check_ret(format_args!("multicall with {count} entries"), Err(Errno::E2BIG), ret);
+            c.check_ret(
+                format_args!("multicall with {count} entries"),
+                Err(Errno::E2BIG),
+                ret,
+            );
         }
         None => c.fail("scratch list for the E2BIG multicall", "out of memory"),
     }
-    for (what, list) in [("unmapped low page", LOW_UNMAPPED), ("hypervisor region", HV_ADDR)] {
+    for (what, list) in [
+        ("unmapped low page", LOW_UNMAPPED),
+        ("hypervisor region", HV_ADDR),
+    ] {
         // SAFETY: the list lies outside our memory.
         let ret = unsafe { hv::raw(MULTICALL, [list, 1, 0, 0, 0]) };
-        c.check_ret(format_args!("multicall with its list in the {what}"), Err(Errno::EFAULT), ret);
+        c.check_ret(
+            format_args!("multicall with its list in the {what}"),
+            Err(Errno::EFAULT),
+            ret,
+        );
     }
 
     // A zero-length write from a valid pointer.

@@ -40,12 +40,19 @@ pub fn hello(env: &Env) -> ! {
         Ok(v) => println!("interface version: {v}"),
         Err(e) => println!("interface version: error {e}"),
     }
-    c.check_eq("xen_version(Version) matches the ABI", Ok(InterfaceVersion::ABI), version);
+    c.check_eq(
+        "xen_version(Version) matches the ABI",
+        Ok(InterfaceVersion::ABI),
+        version,
+    );
 
     match hv::features() {
         Ok(bits) => {
             println!("features: {}", Features(bits));
-            c.check("features has MULTICALL", Features(bits).has(features::MULTICALL));
+            c.check(
+                "features has MULTICALL",
+                Features(bits).has(features::MULTICALL),
+            );
         }
         Err(e) => c.fail("xen_version(GetFeatures)", format_args!("error {e}")),
     }
@@ -78,7 +85,14 @@ pub fn int82(_env: &Env) -> ! {
     c.check_eq("features: int 0x82 agrees with syscall", a, b);
     if let Ok(bits) = b {
         // Informational: the ABI has a bit for this path, but this test checks behaviour.
-        println!("features: INT82_ENTRY bit {}", if Features(bits).has(features::INT82_ENTRY) { "set" } else { "clear" });
+        println!(
+            "features: INT82_ENTRY bit {}",
+            if Features(bits).has(features::INT82_ENTRY) {
+                "set"
+            } else {
+                "clear"
+            }
+        );
     }
 
     let (a, b) = (s.page_size(), i.page_size());
@@ -93,7 +107,11 @@ pub fn int82(_env: &Env) -> ! {
     c.check_eq("extra_version: int 0x82 agrees with syscall", a, b);
 
     let line = b"int82: this line was written through int 0x82\n";
-    c.check_eq("console_io write via int 0x82", Ok(line.len()), i.console_write(line));
+    c.check_eq(
+        "console_io write via int 0x82",
+        Ok(line.len()),
+        i.console_write(line),
+    );
 
     c.check_eq("sched_op(Yield) via int 0x82", Ok(()), i.sched_yield());
 
@@ -104,7 +122,11 @@ pub fn int82(_env: &Env) -> ! {
 
     // The default path is switchable at run time: the rest of the output uses int 0x82.
     hv::set_default_path(Path::Int82);
-    c.check_eq("domain_id on default path int 0x82", s.domain_id(), hv::domain_id());
+    c.check_eq(
+        "domain_id on default path int 0x82",
+        s.domain_id(),
+        hv::domain_id(),
+    );
     println!("int82: this line and the result were printed via the default path (int 0x82)");
     c.finish()
 }

@@ -32,7 +32,10 @@ pub fn privileged(_env: &Env) -> ! {
 }
 
 pub fn hv(_env: &Env) -> ! {
-    attempt("read from the hypervisor region at 0xffff830000100000", || ops::read(HV_ADDR))
+    attempt(
+        "read from the hypervisor region at 0xffff830000100000",
+        || ops::read(HV_ADDR),
+    )
 }
 
 pub fn panic(_env: &Env) -> ! {
@@ -49,7 +52,9 @@ mod ops {
         // SAFETY: a deliberate fault: the load targets memory the domain cannot access, so
         // the hypervisor kills the domain. Should it complete, it only wrote a scratch
         // register the asm declares as an output.
-        unsafe { asm!("mov {tmp}, qword ptr [{addr}]", addr = in(reg) addr, tmp = out(reg) _, options(nostack, readonly)) };
+        unsafe {
+            asm!("mov {tmp}, qword ptr [{addr}]", addr = in(reg) addr, tmp = out(reg) _, options(nostack, readonly))
+        };
     }
 
     pub fn ud2() {

@@ -43,7 +43,11 @@ pub static PROGRAMS: &[Program] = &[
         about: "the int 0x82 path gives the same answers as syscall",
         run: basic::int82,
     },
-    Program { name: "spin", about: "yields=N (200) times, tick every 10", run: basic::spin },
+    Program {
+        name: "spin",
+        about: "yields=N (200) times, tick every 10",
+        run: basic::spin,
+    },
     Program {
         name: "badptr",
         about: "bad numbers, sub-ops, pointers and lengths get exact errors",
@@ -54,12 +58,36 @@ pub static PROGRAMS: &[Program] = &[
         about: "one batch of mixed calls; exact per-entry results",
         run: multicall::run,
     },
-    Program { name: "crash-null", about: "read from address 0", run: crash::null },
-    Program { name: "crash-ud", about: "ud2", run: crash::ud },
-    Program { name: "crash-int3", about: "int3", run: crash::int3 },
-    Program { name: "crash-priv", about: "hlt in ring 3", run: crash::privileged },
-    Program { name: "crash-hv", about: "read the hypervisor region", run: crash::hv },
-    Program { name: "crash-panic", about: "panic; the handler shuts down (crash)", run: crash::panic },
+    Program {
+        name: "crash-null",
+        about: "read from address 0",
+        run: crash::null,
+    },
+    Program {
+        name: "crash-ud",
+        about: "ud2",
+        run: crash::ud,
+    },
+    Program {
+        name: "crash-int3",
+        about: "int3",
+        run: crash::int3,
+    },
+    Program {
+        name: "crash-priv",
+        about: "hlt in ring 3",
+        run: crash::privileged,
+    },
+    Program {
+        name: "crash-hv",
+        about: "read the hypervisor region",
+        run: crash::hv,
+    },
+    Program {
+        name: "crash-panic",
+        about: "panic; the handler shuts down (crash)",
+        run: crash::panic,
+    },
 ];
 
 /// The program called `name`.
@@ -97,7 +125,12 @@ mod tests {
     fn assert_success(out: &Outcome) {
         assert!(!out.console.contains("FAIL"), "{}", out.console);
         assert_eq!(out.results(), ["Test result: SUCCESS"], "{}", out.console);
-        assert_eq!(out.shutdown, Some(ShutdownReason::Poweroff), "{}", out.console);
+        assert_eq!(
+            out.shutdown,
+            Some(ShutdownReason::Poweroff),
+            "{}",
+            out.console
+        );
     }
 
     #[test]
@@ -113,7 +146,11 @@ mod tests {
     fn hello_is_the_default() {
         let out = run_test("");
         assert_success(&out);
-        assert!(out.lines().contains(&"hello from domain 1"), "{}", out.console);
+        assert!(
+            out.lines().contains(&"hello from domain 1"),
+            "{}",
+            out.console
+        );
         assert_eq!(out.yields, 5);
         assert!(out.lines().contains(&"tick 5"));
     }
@@ -140,7 +177,11 @@ mod tests {
         let out = run_test("test=spin yields=25");
         assert_success(&out);
         assert_eq!(out.yields, 25);
-        let ticks: Vec<_> = out.lines().into_iter().filter(|l| l.starts_with("tick")).collect();
+        let ticks: Vec<_> = out
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with("tick"))
+            .collect();
         assert_eq!(ticks, ["tick 10", "tick 20"]);
     }
 
@@ -154,16 +195,28 @@ mod tests {
     fn multicall() {
         let out = run_test("test=multicall");
         assert_success(&out);
-        assert!(out.console.contains("multicall: this line was written by entry 0"));
+        assert!(out
+            .console
+            .contains("multicall: this line was written by entry 0"));
     }
 
     #[test]
     fn crash_tests_report_survival_on_the_host() {
         // The faulting instructions are not executed on the host, so each program
         // "survives" and must say so.
-        for name in ["crash-null", "crash-ud", "crash-int3", "crash-priv", "crash-hv"] {
+        for name in [
+            "crash-null",
+            "crash-ud",
+            "crash-int3",
+            "crash-priv",
+            "crash-hv",
+        ] {
             let out = run_test(&format!("test={name}"));
-            assert!(out.lines().iter().any(|l| l.starts_with("about to ")), "{}", out.console);
+            assert!(
+                out.lines().iter().any(|l| l.starts_with("about to ")),
+                "{}",
+                out.console
+            );
             assert_eq!(out.results(), ["Test result: FAILURE (survived)"], "{name}");
             assert_eq!(out.shutdown, Some(ShutdownReason::Crash), "{name}");
         }
@@ -172,14 +225,20 @@ mod tests {
     #[test]
     fn crash_panic_panics() {
         let out = run_test("test=crash-panic");
-        assert!(out.panic.as_deref().unwrap_or("").contains("crash-panic"), "{out:?}");
+        assert!(
+            out.panic.as_deref().unwrap_or("").contains("crash-panic"),
+            "{out:?}"
+        );
         assert!(out.results().is_empty());
     }
 
     #[test]
     fn unknown_test_is_an_error() {
         let out = run_test("test=frobnicate");
-        assert_eq!(out.results(), ["Test result: ERROR (unknown test frobnicate)"]);
+        assert_eq!(
+            out.results(),
+            ["Test result: ERROR (unknown test frobnicate)"]
+        );
         assert_eq!(out.shutdown, Some(ShutdownReason::Crash));
     }
 }

@@ -17,15 +17,33 @@ pub fn run(env: &Env) -> ! {
     let mut batch = [
         entry(
             HypercallNr::ConsoleIo,
-            [ConsoleIoCmd::Write as u64, line.len() as u64, line.as_ptr() as u64, 0, 0],
+            [
+                ConsoleIoCmd::Write as u64,
+                line.len() as u64,
+                line.as_ptr() as u64,
+                0,
+                0,
+            ],
         ),
-        entry(HypercallNr::XenVersion, [XenVersionCmd::Version as u64, 0, 0, 0, 0]),
+        entry(
+            HypercallNr::XenVersion,
+            [XenVersionCmd::Version as u64, 0, 0, 0, 0],
+        ),
         multicall_entry_raw(999, [0; 5]),
         entry(HypercallNr::DomainId, [0; 5]),
-        entry(HypercallNr::Multicall, [nested.as_mut_ptr() as u64, nested.len() as u64, 0, 0, 0]),
-        entry(HypercallNr::ConsoleIo, [ConsoleIoCmd::Write as u64, 8, 0x1000, 0, 0]),
+        entry(
+            HypercallNr::Multicall,
+            [nested.as_mut_ptr() as u64, nested.len() as u64, 0, 0, 0],
+        ),
+        entry(
+            HypercallNr::ConsoleIo,
+            [ConsoleIoCmd::Write as u64, 8, 0x1000, 0, 0],
+        ),
         entry(HypercallNr::SchedOp, [SchedOpCmd::Yield as u64, 0, 0, 0, 0]),
-        entry(HypercallNr::XenVersion, [XenVersionCmd::PageSize as u64, 0, 0, 0, 0]),
+        entry(
+            HypercallNr::XenVersion,
+            [XenVersionCmd::PageSize as u64, 0, 0, 0, 0],
+        ),
     ];
     let expected: [(&str, Result<u64, Errno>); 8] = [
         ("console_io write", Ok(line.len() as u64)),
@@ -49,7 +67,11 @@ pub fn run(env: &Env) -> ! {
     let ret = unsafe { hv::multicall(&mut batch) };
     c.check_eq("multicall of 8 entries", Ok(()), ret);
     for (i, (e, (what, want))) in batch.iter().zip(expected).enumerate() {
-        c.check_ret(format_args!("entry {i}: {what}"), want, hv::multicall_result(e));
+        c.check_ret(
+            format_args!("entry {i}: {what}"),
+            want,
+            hv::multicall_result(e),
+        );
     }
     c.check_eq("the nested list was not executed", 0, nested[0].result);
 

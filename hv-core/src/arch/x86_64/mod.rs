@@ -234,14 +234,15 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
 
     // Boot modules.
     let mut modules = [ModuleInfo::EMPTY; MAX_MODULES];
+    // Full command lines (ModuleInfo's copy for dom0 may be truncated).
+    let mut mod_cmdlines = [[0u8; 256]; MAX_MODULES];
     let mut nmods = 0usize;
     let (mods_count, mods_addr) = if flags & (1 << 3) != 0 { (boot_u32(mbi + 20), u64::from(boot_u32(mbi + 24))) } else { (0, 0) };
     let mut used_end = image_bounds().1.max(1 << 20);
     for i in 0..u64::from(mods_count).min(MAX_MODULES as u64) {
         let m = mods_addr + 16 * i;
         let (start, end) = (u64::from(boot_u32(m)), u64::from(boot_u32(m + 4)));
-        let mut sbuf = [0u8; 256];
-        let cmd = boot_str(u64::from(boot_u32(m + 8)), &mut sbuf);
+        let cmd = boot_str(u64::from(boot_u32(m + 8)), &mut mod_cmdlines[nmods]);
         modules[nmods].maddr = start;
         modules[nmods].len = end.saturating_sub(start);
         set_cstr(&mut modules[nmods].cmdline, cmd);
@@ -310,7 +311,8 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         exit_qemu(false);
     }
     for (i, m) in modules[..nmods].iter().enumerate() {
-        hv.log(format_args!("module {i}: {:#x}+{:#x} \"{}\"", m.maddr, m.len, m.cmdline()));
+        let cmd = abi::start_info::cstr(&mod_cmdlines[i]);
+        hv.log(format_args!("module {i}: {:#x}+{:#x} \"{cmd}\"", m.maddr, m.len));
     }
     for (i, m) in modules[..nmods].iter().enumerate() {
         // SAFETY: the module is RAM below 4 GiB (multiboot addresses are 32-bit) inside the
@@ -318,7 +320,7 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         let kernel = unsafe { core::slice::from_raw_parts((DIRECTMAP_BASE + m.maddr) as *const u8, m.len as usize) };
         let cfg = DomainConfig {
             kernel,
-            cmdline: strip_first_word(m.cmdline()),
+            cmdline: strip_first_word(abi::start_info::cstr(&mod_cmdlines[i])),
             nr_pages: if i == 0 { dom0_pages } else { domu_pages },
         };
         // A failed build is logged by create_domain; the others still run.
