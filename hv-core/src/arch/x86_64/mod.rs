@@ -299,6 +299,17 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     let dom0_pages = size_arg(hv_args, "dom0_mem").unwrap_or(32 << 20) / PAGE_SIZE as u64;
     let domu_pages = size_arg(hv_args, "domU_mem").unwrap_or(16 << 20) / PAGE_SIZE as u64;
 
+    if hv_args.split_whitespace().any(|w| w == "selftest=hv-fault") {
+        // Test hook for the fatal path: a ring-0 page fault must produce a register dump
+        // and a failure exit, never a hang.
+        hvlog!("selftest: faulting in the hypervisor on purpose");
+        // SAFETY: not safe to continue from, by design: the low half is unmapped since the
+        // identity map was dropped, so this read faults and `hypervisor_fault` exits.
+        let v = unsafe { core::ptr::read_volatile(0x10 as *const u64) };
+        hvlog!("selftest: read {v:#x} without faulting?!");
+        exit_qemu(false);
+    }
+
     let mut l4e = [0u64; crate::builder::HV_L4_SLOTS];
     for (i, e) in l4e.iter_mut().enumerate() {
         // SAFETY: reads our own L4 (a static in the image).
