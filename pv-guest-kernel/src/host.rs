@@ -390,8 +390,8 @@ mod tests {
         unreachable!()
     }
 
-    #[test]
-    fn bad_start_info_pointer_crashes() {
+    /// Runs `rt::start(si)` against a bare fake; returns what it printed and the shutdown.
+    fn start_with(si: *const StartInfo) -> (String, Option<ShutdownReason>) {
         let _guard = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         FAKE.with(|f| {
             *f.borrow_mut() = Some(Fake {
@@ -403,15 +403,30 @@ mod tests {
             })
         });
         let r = panic::catch_unwind(|| {
-            // SAFETY: null is allowed by `start`'s contract (it refuses it).
-            unsafe { crate::rt::start(core::ptr::null(), bad_magic) };
+            // SAFETY: `si` is null or a leaked page (the callers below), as `start` needs.
+            unsafe { crate::rt::start(si, bad_magic) };
         });
         assert!(r.is_err());
         let fake = FAKE.with(|f| f.borrow_mut().take()).unwrap();
-        assert_eq!(fake.out.shutdown, Some(ShutdownReason::Crash));
-        assert!(fake
-            .out
-            .console
-            .starts_with("boot: bad start_info pointer 0x0"));
+        (fake.out.console, fake.out.shutdown)
+    }
+
+    #[test]
+    fn bad_start_info_pointer_crashes() {
+        let (console, shutdown) = start_with(core::ptr::null());
+        assert_eq!(shutdown, Some(ShutdownReason::Crash));
+        assert_eq!(console, "boot: bad start_info pointer 0x0\n");
+    }
+
+    #[test]
+    fn bad_start_info_magic_crashes() {
+        let mut si = StartInfo::new();
+        si.magic[3] = b'4';
+        let (console, shutdown) = start_with(Box::leak(Box::new(si)));
+        assert_eq!(shutdown, Some(ShutdownReason::Crash));
+        assert!(
+            console.starts_with("boot: bad start_info magic [78, 65, 6e, 34"),
+            "{console}"
+        );
     }
 }
