@@ -51,8 +51,14 @@ mod tests {
 
     #[test]
     fn hypervisor_region_is_l4_slots_256_to_271() {
-        assert_eq!((HYPERVISOR_VIRT_START >> 39) & 511, HYPERVISOR_L4_FIRST as u64);
-        assert_eq!(((HYPERVISOR_VIRT_END - 1) >> 39) & 511, HYPERVISOR_L4_LAST as u64);
+        assert_eq!(
+            (HYPERVISOR_VIRT_START >> 39) & 511,
+            HYPERVISOR_L4_FIRST as u64
+        );
+        assert_eq!(
+            ((HYPERVISOR_VIRT_END - 1) >> 39) & 511,
+            HYPERVISOR_L4_LAST as u64
+        );
         assert!(is_hypervisor_va(HYPERVISOR_VIRT_START));
         assert!(!is_hypervisor_va(HYPERVISOR_VIRT_END));
         assert!(!is_hypervisor_va(GUEST_VIRT_BASE));

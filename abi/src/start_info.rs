@@ -40,7 +40,11 @@ const _: () = assert!(core::mem::size_of::<ModuleInfo>() == 80);
 
 impl ModuleInfo {
     /// An empty slot.
-    pub const EMPTY: ModuleInfo = ModuleInfo { maddr: 0, len: 0, cmdline: [0; MODULE_CMDLINE_LEN] };
+    pub const EMPTY: ModuleInfo = ModuleInfo {
+        maddr: 0,
+        len: 0,
+        cmdline: [0; MODULE_CMDLINE_LEN],
+    };
 }
 
 /// The start-info page (`[HV]` writes all of it before the domain first runs).

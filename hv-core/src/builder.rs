@@ -127,7 +127,10 @@ struct Segment {
 const MAX_SEGMENTS: usize = 16;
 
 /// Parses and checks the ELF headers without trusting any offset.
-fn parse_elf(img: &[u8], nr_pages: u64) -> Result<(u64, [Option<Segment>; MAX_SEGMENTS], u64), BuildError> {
+fn parse_elf(
+    img: &[u8],
+    nr_pages: u64,
+) -> Result<(u64, [Option<Segment>; MAX_SEGMENTS], u64), BuildError> {
     use xmas_elf::header;
     use xmas_elf::program::Type;
     let elf = xmas_elf::ElfFile::new(img).map_err(BuildError::BadElf)?;
@@ -143,7 +146,11 @@ fn parse_elf(img: &[u8], nr_pages: u64) -> Result<(u64, [Option<Segment>; MAX_SE
     let ph_off = elf.header.pt2.ph_offset();
     let ph_n = u64::from(elf.header.pt2.ph_count());
     let ph_sz = u64::from(elf.header.pt2.ph_entry_size());
-    if ph_sz < 56 || ph_off.checked_add(ph_n * ph_sz).is_none_or(|end| end > img.len() as u64) {
+    if ph_sz < 56
+        || ph_off
+            .checked_add(ph_n * ph_sz)
+            .is_none_or(|end| end > img.len() as u64)
+    {
         return Err(BuildError::BadElf("program headers out of bounds"));
     }
     let limit = GUEST_VIRT_BASE.wrapping_add(nr_pages * PAGE_SIZE as u64);
@@ -154,7 +161,12 @@ fn parse_elf(img: &[u8], nr_pages: u64) -> Result<(u64, [Option<Segment>; MAX_SE
         if ph.get_type() != Ok(Type::Load) || ph.mem_size() == 0 {
             continue;
         }
-        let (va, memsz, off, filesz) = (ph.virtual_addr(), ph.mem_size(), ph.offset(), ph.file_size());
+        let (va, memsz, off, filesz) = (
+            ph.virtual_addr(),
+            ph.mem_size(),
+            ph.offset(),
+            ph.file_size(),
+        );
         let end = va.checked_add(memsz).ok_or(BuildError::SegmentOutOfRange)?;
         if va < GUEST_VIRT_BASE || end > limit {
             return Err(BuildError::SegmentOutOfRange);
@@ -165,7 +177,11 @@ fn parse_elf(img: &[u8], nr_pages: u64) -> Result<(u64, [Option<Segment>; MAX_SE
         if n == MAX_SEGMENTS {
             return Err(BuildError::BadElf("too many segments"));
         }
-        segs[n] = Some(Segment { vaddr: va, offset: off as usize, filesz: filesz as usize });
+        segs[n] = Some(Segment {
+            vaddr: va,
+            offset: off as usize,
+            filesz: filesz as usize,
+        });
         n += 1;
         end_max = end_max.max(end);
     }
@@ -196,7 +212,16 @@ pub fn layout(image_pages: u64, nr_pages: u64) -> Result<Layout, BuildError> {
     if first_free + MIN_FREE_PAGES > nr_pages {
         return Err(BuildError::BadMemorySize);
     }
-    Ok(Layout { image_pages, p2m_start, p2m_pages, si_pfn, pt_start, nr_pt, stack_start, first_free })
+    Ok(Layout {
+        image_pages,
+        p2m_start,
+        p2m_pages,
+        si_pfn,
+        pt_start,
+        nr_pt,
+        stack_start,
+        first_free,
+    })
 }
 
 /// Builds a domain into frames owned by `spec.domid`. On error, frames already allocated
@@ -239,7 +264,9 @@ pub fn build_domain(
     }
     // pfn -> mfn through the P2M just written (`read` reads a u64 of machine memory).
     let lookup = |read: &mut dyn FnMut(u64) -> Option<u64>, pfn: u64| {
-        read(p2m_slot(pfn)).map(Mfn).ok_or(BuildError::Internal("P2M read failed"))
+        read(p2m_slot(pfn))
+            .map(Mfn)
+            .ok_or(BuildError::Internal("P2M read failed"))
     };
 
     // 2. The kernel image.
@@ -292,18 +319,35 @@ pub fn build_domain(
         let mfn = lookup(&mut |a| mem.read_u64(a), pfn)?;
         // Page-table frames are mapped read-only: the guest may read its tables but only
         // the hypervisor writes them.
-        let flags = if (lay.pt_start..pt_end).contains(&pfn) { PTE_US | PTE_NX } else { PTE_US | PTE_RW };
+        let flags = if (lay.pt_start..pt_end).contains(&pfn) {
+            PTE_US | PTE_NX
+        } else {
+            PTE_US | PTE_RW
+        };
         let va = GUEST_VIRT_BASE + pfn * PAGE_SIZE as u64;
         map_with_p2m(mem, l4, va, mfn, flags, &mut next_pt, pt_end, &p2m_slot)?;
     }
-    map_with_p2m(mem, l4, SHARED_INFO_VA, shared_info, PTE_US | PTE_RW | PTE_NX, &mut next_pt, pt_end, &p2m_slot)?;
+    map_with_p2m(
+        mem,
+        l4,
+        SHARED_INFO_VA,
+        shared_info,
+        PTE_US | PTE_RW | PTE_NX,
+        &mut next_pt,
+        pt_end,
+        &p2m_slot,
+    )?;
 
     // 5. start_info.
     let va_of = |pfn: u64| GUEST_VIRT_BASE + pfn * PAGE_SIZE as u64;
     let mut si = StartInfo::new();
     si.nr_pages = spec.nr_pages;
     si.shared_info = shared_info.maddr();
-    si.flags = if spec.privileged { SIF_PRIVILEGED | SIF_INITDOMAIN } else { 0 };
+    si.flags = if spec.privileged {
+        SIF_PRIVILEGED | SIF_INITDOMAIN
+    } else {
+        0
+    };
     si.pt_base = va_of(lay.pt_start);
     si.nr_pt_frames = next_pt - lay.pt_start;
     si.mfn_list = va_of(lay.p2m_start);
@@ -373,7 +417,11 @@ mod tests {
     use crate::paging::{translate, Access};
     use crate::testutil::{fake_hv_l4e, tiny_elf};
 
-    fn build(kernel: &[u8], nr_pages: u64, frames: usize) -> (TestMemory, Vec<FrameInfo>, Result<Built, BuildError>) {
+    fn build(
+        kernel: &[u8],
+        nr_pages: u64,
+        frames: usize,
+    ) -> (TestMemory, Vec<FrameInfo>, Result<Built, BuildError>) {
         let mut mem = TestMemory::new(frames);
         let mut entries = vec![FrameInfo::RESERVED; frames];
         let r = {
@@ -392,7 +440,11 @@ mod tests {
             };
             let r = build_domain(&mut mem, &mut ft, &spec);
             if r.is_ok() {
-                assert_eq!(ft.count_owned(DomId(3)) as u64, nr_pages + 1, "memory + shared_info");
+                assert_eq!(
+                    ft.count_owned(DomId(3)) as u64,
+                    nr_pages + 1,
+                    "memory + shared_info"
+                );
             }
             r
         };
@@ -425,7 +477,10 @@ mod tests {
         assert_eq!(si.shared_info, b.shared_info.maddr());
         // Page tables are mapped, read-only.
         assert!(translate(&mem, b.l4, si.pt_base, Access::Read).is_ok());
-        assert_eq!(translate(&mem, b.l4, si.pt_base, Access::Write), Err(Errno::EFAULT));
+        assert_eq!(
+            translate(&mem, b.l4, si.pt_base, Access::Write),
+            Err(Errno::EFAULT)
+        );
         // The P2M maps pfn -> mfn consistently with the page tables.
         for pfn in [0u64, 7, 255] {
             let p2m_pa = translate(&mem, b.l4, si.mfn_list + pfn * 8, Access::Read).unwrap();
@@ -448,20 +503,35 @@ mod tests {
     #[test]
     fn rejects_bad_images_and_sizes() {
         let ok = tiny_elf(b"\x90", 0);
-        assert!(matches!(build(b"not an elf at all", 256, 600).2, Err(BuildError::BadElf(_))));
+        assert!(matches!(
+            build(b"not an elf at all", 256, 600).2,
+            Err(BuildError::BadElf(_))
+        ));
         let mut bad = ok.clone();
         bad[18] = 3; // EM_386
-        assert_eq!(build(&bad, 256, 600).2, Err(BuildError::BadElf("not x86_64")));
+        assert_eq!(
+            build(&bad, 256, 600).2,
+            Err(BuildError::BadElf("not x86_64"))
+        );
         let mut bad = ok.clone();
         bad[32..40].copy_from_slice(&(1u64 << 40).to_le_bytes()); // phoff far away
-        assert_eq!(build(&bad, 256, 600).2, Err(BuildError::BadElf("program headers out of bounds")));
+        assert_eq!(
+            build(&bad, 256, 600).2,
+            Err(BuildError::BadElf("program headers out of bounds"))
+        );
         let mut bad = ok.clone();
         bad[64 + 32..64 + 40].copy_from_slice(&u64::MAX.to_le_bytes()); // filesz
         assert!(build(&bad, 256, 600).2.is_err());
         let big_bss = tiny_elf(b"\x90", 300 * 4096);
-        assert_eq!(build(&big_bss, 256, 600).2, Err(BuildError::SegmentOutOfRange));
+        assert_eq!(
+            build(&big_bss, 256, 600).2,
+            Err(BuildError::SegmentOutOfRange)
+        );
         assert_eq!(build(&ok, 8, 600).2, Err(BuildError::BadMemorySize));
-        assert_eq!(build(&ok, MAX_DOMAIN_PAGES + 1, 600).2, Err(BuildError::BadMemorySize));
+        assert_eq!(
+            build(&ok, MAX_DOMAIN_PAGES + 1, 600).2,
+            Err(BuildError::BadMemorySize)
+        );
         assert_eq!(build(&ok, 256, 200).2, Err(BuildError::OutOfMemory));
     }
 }

@@ -28,7 +28,10 @@ pub struct LineBuffer {
 
 impl Default for LineBuffer {
     fn default() -> Self {
-        LineBuffer { buf: [0; LINE_MAX], len: 0 }
+        LineBuffer {
+            buf: [0; LINE_MAX],
+            len: 0,
+        }
     }
 }
 
@@ -44,7 +47,11 @@ impl LineBuffer {
             if b == b'\r' {
                 continue;
             }
-            let b = if sanitise && (b < 0x20 && b != b'\t' || b == 0x7f) { b'?' } else { b };
+            let b = if sanitise && (b < 0x20 && b != b'\t' || b == 0x7f) {
+                b'?'
+            } else {
+                b
+            };
             if self.len == LINE_MAX {
                 emit(&self.buf[..self.len]);
                 self.len = 0;
@@ -120,7 +127,9 @@ mod tests {
         let mut lb = LineBuffer::default();
         let mut out = vec![];
         for c in chunks {
-            lb.push(c, sanitise, &mut |l| out.push(String::from_utf8_lossy(l).into_owned()));
+            lb.push(c, sanitise, &mut |l| {
+                out.push(String::from_utf8_lossy(l).into_owned())
+            });
         }
         lb.flush(&mut |l| out.push(String::from_utf8_lossy(l).into_owned()));
         out
@@ -128,7 +137,10 @@ mod tests {
 
     #[test]
     fn joins_partial_writes_into_lines() {
-        assert_eq!(lines(&[b"hel", b"lo\nwor", b"ld"], true), vec!["hello", "world"]);
+        assert_eq!(
+            lines(&[b"hel", b"lo\nwor", b"ld"], true),
+            vec!["hello", "world"]
+        );
     }
 
     #[test]

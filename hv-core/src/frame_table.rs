@@ -37,7 +37,9 @@ pub struct FrameInfo {
 
 impl FrameInfo {
     /// The state of every frame before the memory map is read.
-    pub const RESERVED: FrameInfo = FrameInfo { owner: Owner::Reserved };
+    pub const RESERVED: FrameInfo = FrameInfo {
+        owner: Owner::Reserved,
+    };
 }
 
 /// Errors from frame-table operations. All are hypervisor bugs or exhaustion, never
@@ -73,7 +75,11 @@ impl<'a> FrameTable<'a> {
     /// A table whose frames are all `Reserved`; mark RAM free with [`Self::add_free_range`].
     pub fn new(entries: &'a mut [FrameInfo]) -> Self {
         entries.fill(FrameInfo::RESERVED);
-        FrameTable { entries, free: 0, hint: 0 }
+        FrameTable {
+            entries,
+            free: 0,
+            hint: 0,
+        }
     }
 
     /// Number of frames covered.
@@ -116,7 +122,9 @@ impl<'a> FrameTable<'a> {
 
     /// Owner of `mfn`, `None` if beyond the table.
     pub fn owner(&self, mfn: Mfn) -> Option<Owner> {
-        self.entries.get(usize::try_from(mfn.0).ok()?).map(|f| f.owner)
+        self.entries
+            .get(usize::try_from(mfn.0).ok()?)
+            .map(|f| f.owner)
     }
 
     /// Allocates one frame for `owner`. The caller zeroes it if needed.
@@ -187,7 +195,10 @@ impl<'a> FrameTable<'a> {
 
     /// Frames owned by `dom`.
     pub fn count_owned(&self, dom: DomId) -> usize {
-        self.entries.iter().filter(|e| e.owner == Owner::Domain(dom)).count()
+        self.entries
+            .iter()
+            .filter(|e| e.owner == Owner::Domain(dom))
+            .count()
     }
 }
 
@@ -227,11 +238,17 @@ mod tests {
         let mut t = table(&mut e);
         let d1 = Owner::Domain(DomId(1));
         let m = t.alloc(d1).unwrap();
-        assert_eq!(t.free(m, Owner::Domain(DomId(2))), Err(FrameError::NotOwned(m)));
+        assert_eq!(
+            t.free(m, Owner::Domain(DomId(2))),
+            Err(FrameError::NotOwned(m))
+        );
         assert_eq!(t.free(m, d1), Ok(()));
         assert_eq!(t.free(m, d1), Err(FrameError::NotOwned(m)));
         assert_eq!(t.free(Mfn(99), d1), Err(FrameError::OutOfRange(Mfn(99))));
-        assert_eq!(t.free(Mfn(u64::MAX), d1), Err(FrameError::OutOfRange(Mfn(u64::MAX))));
+        assert_eq!(
+            t.free(Mfn(u64::MAX), d1),
+            Err(FrameError::OutOfRange(Mfn(u64::MAX)))
+        );
     }
 
     #[test]

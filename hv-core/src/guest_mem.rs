@@ -112,7 +112,9 @@ impl<'m, M: MachineMemory> GuestMem<'m, M> {
     /// Reads one ABI structure (at most 256 bytes) from `va`.
     pub fn read_obj<T: Pod>(&mut self, va: u64) -> Result<T, Errno> {
         let mut buf = [0u8; 256];
-        let bytes = buf.get_mut(..core::mem::size_of::<T>()).ok_or(Errno::E2BIG)?;
+        let bytes = buf
+            .get_mut(..core::mem::size_of::<T>())
+            .ok_or(Errno::E2BIG)?;
         self.read(va, bytes)?;
         T::from_bytes(bytes).ok_or(Errno::EFAULT)
     }
@@ -149,7 +151,15 @@ mod tests {
         };
         for i in 0..4u64 {
             let flags = if i == 3 { PTE_US } else { PTE_US | PTE_RW };
-            map_4k(&mut mem, Mfn(1), B + i * 4096, Mfn(40 + i), flags, &mut alloc).unwrap();
+            map_4k(
+                &mut mem,
+                Mfn(1),
+                B + i * 4096,
+                Mfn(40 + i),
+                flags,
+                &mut alloc,
+            )
+            .unwrap();
         }
         mem
     }
@@ -181,11 +191,22 @@ mod tests {
         let mut mem = space();
         let mut g = GuestMem::new(&mut mem, Mfn(1));
         let mut b = [0u8; 16];
-        for va in [0u64, 0x1000, 0x0000_8000_0000_0000, 0xffff_8300_0010_0000, B + 4 * 4096, u64::MAX - 3] {
+        for va in [
+            0u64,
+            0x1000,
+            0x0000_8000_0000_0000,
+            0xffff_8300_0010_0000,
+            B + 4 * 4096,
+            u64::MAX - 3,
+        ] {
             assert_eq!(g.read(va, &mut b), Err(Errno::EFAULT), "{va:#x}");
         }
         assert_eq!(g.write(B + 3 * 4096, &b), Err(Errno::EFAULT), "read-only");
-        assert_eq!(g.read(B + 4 * 4096 - 8, &mut b), Err(Errno::EFAULT), "runs off the end");
+        assert_eq!(
+            g.read(B + 4 * 4096 - 8, &mut b),
+            Err(Errno::EFAULT),
+            "runs off the end"
+        );
         assert_eq!(g.check_readable(B, u64::MAX, 1 << 20), Err(Errno::E2BIG));
         assert_eq!(g.check_readable(B, 4096 * 4, 1 << 20), Ok(()));
         assert_eq!(g.check_readable(B, 0, 0), Ok(()));

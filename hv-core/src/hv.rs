@@ -91,7 +91,12 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
 impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// A hypervisor with no domains. `hypervisor_l4e` are the L4 entries (slots
     /// 256..=271) every guest address space shares.
-    pub fn new(mem: M, frames: FrameTable<'f>, console: C, hypervisor_l4e: [u64; HV_L4_SLOTS]) -> Self {
+    pub fn new(
+        mem: M,
+        frames: FrameTable<'f>,
+        console: C,
+        hypervisor_l4e: [u64; HV_L4_SLOTS],
+    ) -> Self {
         Hypervisor {
             mem,
             frames,
@@ -123,8 +128,17 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// Builds domain `domid` from `cfg`. Domain 0 is privileged and receives `modules`.
     /// A failed build releases every frame it took and is logged; other domains are
     /// unaffected.
-    pub fn create_domain(&mut self, domid: DomId, cfg: &DomainConfig<'_>, modules: &[ModuleInfo]) -> Result<Built, BuildError> {
-        let slot = self.domains.iter().position(|d| d.is_none()).ok_or(BuildError::Internal("too many domains"))?;
+    pub fn create_domain(
+        &mut self,
+        domid: DomId,
+        cfg: &DomainConfig<'_>,
+        modules: &[ModuleInfo],
+    ) -> Result<Built, BuildError> {
+        let slot = self
+            .domains
+            .iter()
+            .position(|d| d.is_none())
+            .ok_or(BuildError::Internal("too many domains"))?;
         let privileged = domid == DomId::DOM0;
         let spec = BuildSpec {
             domid,
@@ -140,7 +154,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             Err(e) => {
                 let freed = self.frames.release_domain(domid);
                 self.build_failures += 1;
-                log(&mut self.console, format_args!("{domid}: build failed: {e:?} ({freed} frames released)"));
+                log(
+                    &mut self.console,
+                    format_args!("{domid}: build failed: {e:?} ({freed} frames released)"),
+                );
                 return Err(e);
             }
         };
@@ -236,8 +253,12 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// Executes one decoded hypercall for the current domain.
     fn execute(&mut self, nr: u64, args: [u64; 5]) -> Result<u64, Errno> {
         let call = decode(nr, args)?;
-        let Some(idx) = self.current else { return Err(Errno::ESRCH) };
-        let Some(dom) = self.domains[idx].as_mut() else { return Err(Errno::ESRCH) };
+        let Some(idx) = self.current else {
+            return Err(Errno::ESRCH);
+        };
+        let Some(dom) = self.domains[idx].as_mut() else {
+            return Err(Errno::ESRCH);
+        };
         let (id, l4, privileged) = (dom.id, dom.l4, dom.privileged);
         match call {
             Hypercall::ConsoleWrite { buf, len } => {
@@ -245,7 +266,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 let console = &mut self.console;
                 let line_buf = &mut dom.console;
                 gm.read_chunks::<256>(buf, len, CONSOLE_IO_MAX, |chunk| {
-                    line_buf.push(chunk, !privileged, &mut |line| emit_line(console, format_args!("{id}"), line));
+                    line_buf.push(chunk, !privileged, &mut |line| {
+                        emit_line(console, format_args!("{id}"), line)
+                    });
                 })?;
                 Ok(len)
             }
@@ -318,7 +341,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         for i in 0..count {
             let va = list + i * size;
             let entry: MulticallEntry = GuestMem::new(&mut self.mem, l4).read_obj(va)?;
-            let args = [entry.args[0], entry.args[1], entry.args[2], entry.args[3], entry.args[4]];
+            let args = [
+                entry.args[0],
+                entry.args[1],
+                entry.args[2],
+                entry.args[3],
+                entry.args[4],
+            ];
             let r = if entry.op == HypercallNr::Multicall as u64 {
                 Err(Errno::EINVAL)
             } else {
@@ -327,7 +356,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             if let Some(d) = self.cur_mut() {
                 d.hypercalls += 1;
             }
-            let still_running = self.current().is_some_and(|d| d.id == id && d.state == DomainState::Runnable);
+            let still_running = self
+                .current()
+                .is_some_and(|d| d.id == id && d.state == DomainState::Runnable);
             if !still_running {
                 return Ok(0); // it shut down: nothing to write back to
             }
@@ -343,10 +374,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// Ends the current domain: flush its console, release its frames, record why.
     fn end_current(&mut self, how: Ending) {
         let Some(idx) = self.current else { return };
-        let Some(d) = self.domains[idx].as_mut() else { return };
+        let Some(d) = self.domains[idx].as_mut() else {
+            return;
+        };
         let id = d.id;
         let console = &mut self.console;
-        d.console.flush(&mut |line| emit_line(console, format_args!("{id}"), line));
+        d.console
+            .flush(&mut |line| emit_line(console, format_args!("{id}"), line));
         d.state = DomainState::Dead(how);
         let hypercalls = d.hypercalls;
         // Nothing runs on its page tables from here on (the arch layer switches away
@@ -359,11 +393,18 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     }
 
     fn after_trap(&mut self, regs: &mut VcpuRegs) -> Next {
-        let Some(idx) = self.current else { return self.pick_next(regs, 0) };
-        let alive = self.domains[idx].as_ref().is_some_and(|d| d.state == DomainState::Runnable);
+        let Some(idx) = self.current else {
+            return self.pick_next(regs, 0);
+        };
+        let alive = self.domains[idx]
+            .as_ref()
+            .is_some_and(|d| d.state == DomainState::Runnable);
         if alive && !self.yield_requested {
             let d = self.domains[idx].as_ref().expect("checked above");
-            return Next::Run { l4: d.l4, domid: d.id };
+            return Next::Run {
+                l4: d.l4,
+                domid: d.id,
+            };
         }
         self.yield_requested = false;
         if alive {
@@ -382,7 +423,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 if d.state == DomainState::Runnable {
                     *regs = d.regs;
                     self.current = Some(i);
-                    return Next::Run { l4: d.l4, domid: d.id };
+                    return Next::Run {
+                        l4: d.l4,
+                        domid: d.id,
+                    };
                 }
             }
         }
@@ -398,18 +442,33 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             if let DomainState::Dead(how) = d.state {
                 any = true;
                 success &= how.is_clean();
-                let _ = write!(summary, "{}{} {}", if summary.len() > 0 { ", " } else { "" }, d.id, how);
+                let _ = write!(
+                    summary,
+                    "{}{} {}",
+                    if summary.len() > 0 { ", " } else { "" },
+                    d.id,
+                    how
+                );
             }
         }
         success &= any && self.build_failures == 0;
         if self.build_failures > 0 {
-            let _ = write!(summary, "{}{} domain build(s) failed", if summary.len() > 0 { ", " } else { "" }, self.build_failures);
+            let _ = write!(
+                summary,
+                "{}{} domain build(s) failed",
+                if summary.len() > 0 { ", " } else { "" },
+                self.build_failures
+            );
         }
         log(
             &mut self.console,
             format_args!(
                 "all domains ended: {} -> exit {}",
-                if summary.len() > 0 { summary.as_str() } else { "no domain ran" },
+                if summary.len() > 0 {
+                    summary.as_str()
+                } else {
+                    "no domain ran"
+                },
                 if success { "success" } else { "failure" }
             ),
         );
@@ -425,7 +484,10 @@ struct ArgBuf {
 
 impl ArgBuf {
     fn new() -> Self {
-        ArgBuf { buf: [0; 512], len: 0 }
+        ArgBuf {
+            buf: [0; 512],
+            len: 0,
+        }
     }
     fn len(&self) -> usize {
         self.len
@@ -450,8 +512,8 @@ impl Write for ArgBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::TestMemory;
     use crate::console::StringConsole;
+    use crate::mem::TestMemory;
     use crate::testutil::{hypervisor, tiny_elf};
     use abi::layout::GUEST_VIRT_BASE;
 
@@ -462,11 +524,21 @@ mod tests {
     fn two_domains() -> (Hv, VcpuRegs, u64) {
         let mut hv = hypervisor(1200);
         let elf = tiny_elf(b"\x90", 0);
-        let cfg = DomainConfig { kernel: &elf, cmdline: "", nr_pages: 256 };
+        let cfg = DomainConfig {
+            kernel: &elf,
+            cmdline: "",
+            nr_pages: 256,
+        };
         let b0 = hv.create_domain(DomId(0), &cfg, &[]).unwrap();
         hv.create_domain(DomId(1), &cfg, &[]).unwrap();
         let mut regs = VcpuRegs::default();
-        assert_eq!(hv.start(&mut regs), Next::Run { l4: b0.l4, domid: DomId(0) });
+        assert_eq!(
+            hv.start(&mut regs),
+            Next::Run {
+                l4: b0.l4,
+                domid: DomId(0)
+            }
+        );
         let scratch = GUEST_VIRT_BASE + b0.layout.first_free * 4096;
         (hv, regs, scratch)
     }
@@ -506,20 +578,54 @@ mod tests {
     fn bad_pointers_and_lengths_get_error_codes() {
         let (mut hv, mut regs, s) = two_domains();
         let efault = Errno::EFAULT.to_ret();
-        for buf in [0xffff_8300_0010_0000u64, 0x1000, 0x0000_8000_0000_0000, GUEST_VIRT_BASE + 256 * 4096] {
-            assert_eq!(call(&mut hv, &mut regs, 18, [0, 8, buf, 0, 0]).0, efault, "{buf:#x}");
+        for buf in [
+            0xffff_8300_0010_0000u64,
+            0x1000,
+            0x0000_8000_0000_0000,
+            GUEST_VIRT_BASE + 256 * 4096,
+        ] {
+            assert_eq!(
+                call(&mut hv, &mut regs, 18, [0, 8, buf, 0, 0]).0,
+                efault,
+                "{buf:#x}"
+            );
         }
-        assert_eq!(call(&mut hv, &mut regs, 18, [0, 64, GUEST_VIRT_BASE + 256 * 4096 - 16, 0, 0]).0, efault);
-        assert_eq!(call(&mut hv, &mut regs, 18, [0, CONSOLE_IO_MAX + 1, s, 0, 0]).0, Errno::E2BIG.to_ret());
-        assert_eq!(call(&mut hv, &mut regs, 18, [0, u64::MAX, s, 0, 0]).0, Errno::E2BIG.to_ret());
-        assert_eq!(call(&mut hv, &mut regs, 18, [0, 0, 0, 0, 0]).0, 0, "empty write needs no buffer");
+        assert_eq!(
+            call(
+                &mut hv,
+                &mut regs,
+                18,
+                [0, 64, GUEST_VIRT_BASE + 256 * 4096 - 16, 0, 0]
+            )
+            .0,
+            efault
+        );
+        assert_eq!(
+            call(&mut hv, &mut regs, 18, [0, CONSOLE_IO_MAX + 1, s, 0, 0]).0,
+            Errno::E2BIG.to_ret()
+        );
+        assert_eq!(
+            call(&mut hv, &mut regs, 18, [0, u64::MAX, s, 0, 0]).0,
+            Errno::E2BIG.to_ret()
+        );
+        assert_eq!(
+            call(&mut hv, &mut regs, 18, [0, 0, 0, 0, 0]).0,
+            0,
+            "empty write needs no buffer"
+        );
         // Writes into the read-only page tables fail.
         for nr in [11u64, 47, 49, 1000, u64::MAX] {
-            assert_eq!(call(&mut hv, &mut regs, nr, [0; 5]).0, Errno::ENOSYS.to_ret());
+            assert_eq!(
+                call(&mut hv, &mut regs, nr, [0; 5]).0,
+                Errno::ENOSYS.to_ret()
+            );
         }
         assert_eq!(call(&mut hv, &mut regs, 29, [2, 0x1000, 0, 0, 0]).0, efault);
         poke(&mut hv, s, &2u32.to_le_bytes());
-        assert_eq!(call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]).0, Errno::EINVAL.to_ret());
+        assert_eq!(
+            call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]).0,
+            Errno::EINVAL.to_ret()
+        );
         assert_eq!(hv.current().unwrap().state, DomainState::Runnable);
         assert!(!hv.console.out.contains("crashed"));
     }
@@ -534,7 +640,10 @@ mod tests {
         poke(&mut hv, s, &[0; 8]);
         assert_eq!(call(&mut hv, &mut regs, 17, [6, s, 0, 0, 0]).0, 0);
         let submap = u32::from_le_bytes(peek(&mut hv, s + 4, 4).try_into().unwrap());
-        assert_eq!(submap, features::MULTICALL | features::INT82_ENTRY | features::PRIVILEGED);
+        assert_eq!(
+            submap,
+            features::MULTICALL | features::INT82_ENTRY | features::PRIVILEGED
+        );
         assert_eq!(call(&mut hv, &mut regs, 48, [0; 5]).0, 0);
     }
 
@@ -543,14 +652,42 @@ mod tests {
         let (mut hv, mut regs, s) = two_domains();
         poke(&mut hv, s + 4000, b"mc line\n");
         let entries = [
-            MulticallEntry { op: 18, args: [0, 8, s + 4000, 0, 0, 0], ..Default::default() },
-            MulticallEntry { op: 17, ..Default::default() },
-            MulticallEntry { op: 999, ..Default::default() },
-            MulticallEntry { op: 48, ..Default::default() },
-            MulticallEntry { op: 13, args: [s, 1, 0, 0, 0, 0], ..Default::default() },
-            MulticallEntry { op: 18, args: [0, 4, 0x1000, 0, 0, 0], ..Default::default() },
-            MulticallEntry { op: 29, ..Default::default() },
-            MulticallEntry { op: 17, args: [7, 0, 0, 0, 0, 0], ..Default::default() },
+            MulticallEntry {
+                op: 18,
+                args: [0, 8, s + 4000, 0, 0, 0],
+                ..Default::default()
+            },
+            MulticallEntry {
+                op: 17,
+                ..Default::default()
+            },
+            MulticallEntry {
+                op: 999,
+                ..Default::default()
+            },
+            MulticallEntry {
+                op: 48,
+                ..Default::default()
+            },
+            MulticallEntry {
+                op: 13,
+                args: [s, 1, 0, 0, 0, 0],
+                ..Default::default()
+            },
+            MulticallEntry {
+                op: 18,
+                args: [0, 4, 0x1000, 0, 0, 0],
+                ..Default::default()
+            },
+            MulticallEntry {
+                op: 29,
+                ..Default::default()
+            },
+            MulticallEntry {
+                op: 17,
+                args: [7, 0, 0, 0, 0, 0],
+                ..Default::default()
+            },
         ];
         for (i, e) in entries.iter().enumerate() {
             poke(&mut hv, s + 64 * i as u64, crate::pod::Pod::as_bytes(e));
@@ -558,12 +695,20 @@ mod tests {
         let (r, next) = call(&mut hv, &mut regs, 13, [s, entries.len() as u64, 0, 0, 0]);
         assert_eq!(r, 0);
         // The yield inside the batch takes effect after it: d1 runs next.
-        assert!(matches!(next, Next::Run { domid: DomId(1), .. }));
+        assert!(matches!(
+            next,
+            Next::Run {
+                domid: DomId(1),
+                ..
+            }
+        ));
         let results: Vec<i64> = (0..entries.len())
             .map(|i| {
                 let l4 = hv.domain(DomId(0)).unwrap().l4;
                 let mut b = [0u8; 8];
-                GuestMem::new(&mut hv.mem, l4).read(s + 64 * i as u64 + 8, &mut b).unwrap();
+                GuestMem::new(&mut hv.mem, l4)
+                    .read(s + 64 * i as u64 + 8, &mut b)
+                    .unwrap();
                 i64::from_le_bytes(b)
             })
             .collect();
@@ -574,19 +719,47 @@ mod tests {
     #[test]
     fn multicall_bounds() {
         let (mut hv, mut regs, s) = two_domains();
-        assert_eq!(call(&mut hv, &mut regs, 13, [s, 513, 0, 0, 0]).0, Errno::E2BIG.to_ret());
-        assert_eq!(call(&mut hv, &mut regs, 13, [0x1000, 1, 0, 0, 0]).0, Errno::EFAULT.to_ret());
+        assert_eq!(
+            call(&mut hv, &mut regs, 13, [s, 513, 0, 0, 0]).0,
+            Errno::E2BIG.to_ret()
+        );
+        assert_eq!(
+            call(&mut hv, &mut regs, 13, [0x1000, 1, 0, 0, 0]).0,
+            Errno::EFAULT.to_ret()
+        );
         assert_eq!(call(&mut hv, &mut regs, 13, [0x1000, 0, 0, 0, 0]).0, 0);
         // An array running off the end of memory is refused before anything runs.
-        assert_eq!(call(&mut hv, &mut regs, 13, [GUEST_VIRT_BASE + 256 * 4096 - 64, 2, 0, 0, 0]).0, Errno::EFAULT.to_ret());
+        assert_eq!(
+            call(
+                &mut hv,
+                &mut regs,
+                13,
+                [GUEST_VIRT_BASE + 256 * 4096 - 64, 2, 0, 0, 0]
+            )
+            .0,
+            Errno::EFAULT.to_ret()
+        );
     }
 
     #[test]
     fn crash_frees_frames_and_others_run_to_the_verdict() {
         let (mut hv, mut regs, s) = two_domains();
         let free_before = hv.frames.free_count();
-        let next = hv.guest_fault(&mut regs, GuestFault { vector: 14, error_code: 4, cr2: 0 });
-        assert!(matches!(next, Next::Run { domid: DomId(1), .. }));
+        let next = hv.guest_fault(
+            &mut regs,
+            GuestFault {
+                vector: 14,
+                error_code: 4,
+                cr2: 0,
+            },
+        );
+        assert!(matches!(
+            next,
+            Next::Run {
+                domid: DomId(1),
+                ..
+            }
+        ));
         assert!(hv.console.out.contains("d0 crashed: vector 14 (#PF)"));
         assert_eq!(hv.frames.free_count(), free_before + 257);
         assert_eq!(hv.frames.count_owned(DomId(0)), 0);
@@ -594,19 +767,40 @@ mod tests {
         poke(&mut hv, s, &0u32.to_le_bytes());
         let (_, next) = call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
         assert_eq!(next, Next::Exit { success: false });
-        assert!(hv.console.out.contains("all domains ended: d0 crash (killed on #PF), d1 poweroff -> exit failure"));
+        assert!(hv
+            .console
+            .out
+            .contains("all domains ended: d0 crash (killed on #PF), d1 poweroff -> exit failure"));
     }
 
     #[test]
     fn clean_shutdowns_give_success_and_yield_round_robins() {
         let (mut hv, mut regs, s) = two_domains();
         let (_, next) = call(&mut hv, &mut regs, 29, [0; 5]);
-        assert!(matches!(next, Next::Run { domid: DomId(1), .. }));
+        assert!(matches!(
+            next,
+            Next::Run {
+                domid: DomId(1),
+                ..
+            }
+        ));
         let (_, next) = call(&mut hv, &mut regs, 29, [0; 5]);
-        assert!(matches!(next, Next::Run { domid: DomId(0), .. }));
+        assert!(matches!(
+            next,
+            Next::Run {
+                domid: DomId(0),
+                ..
+            }
+        ));
         poke(&mut hv, s, &0u32.to_le_bytes());
         let (_, next) = call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
-        assert!(matches!(next, Next::Run { domid: DomId(1), .. }));
+        assert!(matches!(
+            next,
+            Next::Run {
+                domid: DomId(1),
+                ..
+            }
+        ));
         poke(&mut hv, s, &0u32.to_le_bytes());
         let (_, next) = call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
         assert_eq!(next, Next::Exit { success: true });
@@ -617,8 +811,15 @@ mod tests {
         let mut hv = hypervisor(400);
         let free = hv.frames.free_count();
         let elf = tiny_elf(b"\x90", 0);
-        let cfg = DomainConfig { kernel: &elf, cmdline: "", nr_pages: 1000 };
-        assert_eq!(hv.create_domain(DomId(1), &cfg, &[]), Err(BuildError::OutOfMemory));
+        let cfg = DomainConfig {
+            kernel: &elf,
+            cmdline: "",
+            nr_pages: 1000,
+        };
+        assert_eq!(
+            hv.create_domain(DomId(1), &cfg, &[]),
+            Err(BuildError::OutOfMemory)
+        );
         assert_eq!(hv.frames.free_count(), free);
         let mut regs = VcpuRegs::default();
         assert_eq!(hv.start(&mut regs), Next::Exit { success: false });

@@ -66,7 +66,10 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
                 ConsoleIoCmd::Read => Hypercall::ConsoleRead { buf, len },
             })
         }
-        HypercallNr::XenVersion => Ok(Hypercall::Version { cmd: XenVersionCmd::try_from(a[0])?, buf: a[1] }),
+        HypercallNr::XenVersion => Ok(Hypercall::Version {
+            cmd: XenVersionCmd::try_from(a[0])?,
+            buf: a[1],
+        }),
         HypercallNr::SchedOp => match SchedOpCmd::try_from(a[0])? {
             SchedOpCmd::Yield => Ok(Hypercall::Yield),
             SchedOpCmd::Shutdown => Ok(Hypercall::Shutdown { arg: a[1] }),
@@ -77,7 +80,10 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             if a[1] > MULTICALL_MAX_ENTRIES {
                 return Err(Errno::E2BIG);
             }
-            Ok(Hypercall::Multicall { list: a[0], count: a[1] })
+            Ok(Hypercall::Multicall {
+                list: a[0],
+                count: a[1],
+            })
         }
         HypercallNr::DomainId => Ok(Hypercall::DomainId),
         // Known to the ABI, implemented by later parts of the hypervisor.
@@ -92,16 +98,40 @@ mod tests {
 
     #[test]
     fn known_calls() {
-        assert_eq!(decode(18, [0, 5, 0x1000, 0, 0]), Ok(Hypercall::ConsoleWrite { buf: 0x1000, len: 5 }));
-        assert_eq!(decode(18, [0, CONSOLE_IO_MAX + 1, 0x1000, 0, 0]), Err(Errno::E2BIG));
+        assert_eq!(
+            decode(18, [0, 5, 0x1000, 0, 0]),
+            Ok(Hypercall::ConsoleWrite {
+                buf: 0x1000,
+                len: 5
+            })
+        );
+        assert_eq!(
+            decode(18, [0, CONSOLE_IO_MAX + 1, 0x1000, 0, 0]),
+            Err(Errno::E2BIG)
+        );
         assert_eq!(decode(18, [0, u64::MAX, 0x1000, 0, 0]), Err(Errno::E2BIG));
         assert_eq!(decode(18, [7, 1, 0x1000, 0, 0]), Err(Errno::ENOSYS));
         assert_eq!(decode(29, [0, 0, 0, 0, 0]), Ok(Hypercall::Yield));
-        assert_eq!(decode(29, [2, 0x55, 0, 0, 0]), Ok(Hypercall::Shutdown { arg: 0x55 }));
+        assert_eq!(
+            decode(29, [2, 0x55, 0, 0, 0]),
+            Ok(Hypercall::Shutdown { arg: 0x55 })
+        );
         assert_eq!(decode(29, [99, 0, 0, 0, 0]), Err(Errno::ENOSYS));
-        assert_eq!(decode(13, [0x10, 512, 0, 0, 0]), Ok(Hypercall::Multicall { list: 0x10, count: 512 }));
+        assert_eq!(
+            decode(13, [0x10, 512, 0, 0, 0]),
+            Ok(Hypercall::Multicall {
+                list: 0x10,
+                count: 512
+            })
+        );
         assert_eq!(decode(13, [0x10, 513, 0, 0, 0]), Err(Errno::E2BIG));
-        assert_eq!(decode(17, [6, 0x20, 0, 0, 0]), Ok(Hypercall::Version { cmd: XenVersionCmd::GetFeatures, buf: 0x20 }));
+        assert_eq!(
+            decode(17, [6, 0x20, 0, 0, 0]),
+            Ok(Hypercall::Version {
+                cmd: XenVersionCmd::GetFeatures,
+                buf: 0x20
+            })
+        );
         assert_eq!(decode(48, [0; 5]), Ok(Hypercall::DomainId));
     }
 

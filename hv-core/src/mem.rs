@@ -50,14 +50,18 @@ pub struct TestMemory {
 impl TestMemory {
     /// `frames` zeroed frames starting at machine frame 0.
     pub fn new(frames: usize) -> Self {
-        TestMemory { bytes: std::vec![0; frames * PAGE_SIZE] }
+        TestMemory {
+            bytes: std::vec![0; frames * PAGE_SIZE],
+        }
     }
 }
 
 #[cfg(not(target_os = "none"))]
 impl MachineMemory for TestMemory {
     fn read(&self, maddr: u64, buf: &mut [u8]) -> bool {
-        let Ok(start) = usize::try_from(maddr) else { return false };
+        let Ok(start) = usize::try_from(maddr) else {
+            return false;
+        };
         if !within_one_frame(maddr, buf.len()) {
             return false;
         }
@@ -70,7 +74,9 @@ impl MachineMemory for TestMemory {
         }
     }
     fn write(&mut self, maddr: u64, data: &[u8]) -> bool {
-        let Ok(start) = usize::try_from(maddr) else { return false };
+        let Ok(start) = usize::try_from(maddr) else {
+            return false;
+        };
         if !within_one_frame(maddr, data.len()) {
             return false;
         }

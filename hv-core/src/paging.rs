@@ -51,7 +51,9 @@ pub fn translate(mem: &impl MachineMemory, l4: Mfn, va: u64, access: Access) -> 
     }
     let mut table = l4.maddr();
     for level in (1..=4).rev() {
-        let pte = mem.read_u64(table + 8 * table_index(va, level) as u64).ok_or(Errno::EFAULT)?;
+        let pte = mem
+            .read_u64(table + 8 * table_index(va, level) as u64)
+            .ok_or(Errno::EFAULT)?;
         if pte & PTE_P == 0 || pte & PTE_US == 0 {
             return Err(Errno::EFAULT);
         }
@@ -120,9 +122,33 @@ mod tests {
             next += 1;
             Ok(Mfn(next - 1))
         };
-        map_4k(&mut mem, l4, GUEST_VIRT_BASE, Mfn(40), PTE_RW | PTE_US, &mut alloc).unwrap();
-        map_4k(&mut mem, l4, GUEST_VIRT_BASE + 0x1000, Mfn(41), PTE_US, &mut alloc).unwrap();
-        map_4k(&mut mem, l4, GUEST_VIRT_BASE + 0x2000, Mfn(42), PTE_RW, &mut alloc).unwrap();
+        map_4k(
+            &mut mem,
+            l4,
+            GUEST_VIRT_BASE,
+            Mfn(40),
+            PTE_RW | PTE_US,
+            &mut alloc,
+        )
+        .unwrap();
+        map_4k(
+            &mut mem,
+            l4,
+            GUEST_VIRT_BASE + 0x1000,
+            Mfn(41),
+            PTE_US,
+            &mut alloc,
+        )
+        .unwrap();
+        map_4k(
+            &mut mem,
+            l4,
+            GUEST_VIRT_BASE + 0x2000,
+            Mfn(42),
+            PTE_RW,
+            &mut alloc,
+        )
+        .unwrap();
         (mem, l4, next)
     }
 
@@ -131,14 +157,41 @@ mod tests {
         let (mem, l4, used) = setup();
         assert_eq!(used, 5, "one L3, one L2, one L1");
         let b = GUEST_VIRT_BASE;
-        assert_eq!(translate(&mem, l4, b + 0x123, Access::Write), Ok(40 * 4096 + 0x123));
-        assert_eq!(translate(&mem, l4, b + 0x1008, Access::Read), Ok(41 * 4096 + 8));
-        assert_eq!(translate(&mem, l4, b + 0x1008, Access::Write), Err(Errno::EFAULT), "read-only");
-        assert_eq!(translate(&mem, l4, b + 0x2000, Access::Read), Err(Errno::EFAULT), "supervisor");
-        assert_eq!(translate(&mem, l4, b + 0x3000, Access::Read), Err(Errno::EFAULT), "not present");
-        assert_eq!(translate(&mem, l4, 0x1000, Access::Read), Err(Errno::EFAULT));
-        assert_eq!(translate(&mem, l4, 0x0000_8000_0000_0000, Access::Read), Err(Errno::EFAULT));
-        assert_eq!(translate(&mem, l4, 0xffff_8300_0000_0000, Access::Read), Err(Errno::EFAULT));
+        assert_eq!(
+            translate(&mem, l4, b + 0x123, Access::Write),
+            Ok(40 * 4096 + 0x123)
+        );
+        assert_eq!(
+            translate(&mem, l4, b + 0x1008, Access::Read),
+            Ok(41 * 4096 + 8)
+        );
+        assert_eq!(
+            translate(&mem, l4, b + 0x1008, Access::Write),
+            Err(Errno::EFAULT),
+            "read-only"
+        );
+        assert_eq!(
+            translate(&mem, l4, b + 0x2000, Access::Read),
+            Err(Errno::EFAULT),
+            "supervisor"
+        );
+        assert_eq!(
+            translate(&mem, l4, b + 0x3000, Access::Read),
+            Err(Errno::EFAULT),
+            "not present"
+        );
+        assert_eq!(
+            translate(&mem, l4, 0x1000, Access::Read),
+            Err(Errno::EFAULT)
+        );
+        assert_eq!(
+            translate(&mem, l4, 0x0000_8000_0000_0000, Access::Read),
+            Err(Errno::EFAULT)
+        );
+        assert_eq!(
+            translate(&mem, l4, 0xffff_8300_0000_0000, Access::Read),
+            Err(Errno::EFAULT)
+        );
     }
 
     #[test]
@@ -147,7 +200,10 @@ mod tests {
         // Corrupt the L4 entry to point far outside memory.
         let slot = l4.maddr() + 8 * table_index(GUEST_VIRT_BASE, 4) as u64;
         mem.write_u64(slot, 0x7_0000_0000 | PTE_P | PTE_US | PTE_RW);
-        assert_eq!(translate(&mem, l4, GUEST_VIRT_BASE, Access::Read), Err(Errno::EFAULT));
+        assert_eq!(
+            translate(&mem, l4, GUEST_VIRT_BASE, Access::Read),
+            Err(Errno::EFAULT)
+        );
     }
 
     #[test]
@@ -155,10 +211,25 @@ mod tests {
         let mut mem = TestMemory::new(8);
         let l4 = Mfn(1);
         let va = GUEST_VIRT_BASE;
-        mem.write_u64(l4.maddr() + 8 * table_index(va, 4) as u64, Mfn(2).maddr() | PTE_P | PTE_US);
-        mem.write_u64(Mfn(2).maddr() + 8 * table_index(va, 3) as u64, Mfn(3).maddr() | PTE_P | PTE_US);
-        mem.write_u64(Mfn(3).maddr() + 8 * table_index(va, 2) as u64, 0x4000_0000 | PTE_P | PTE_US | PTE_PS);
-        assert_eq!(translate(&mem, l4, va + 0x12_3456, Access::Read), Ok(0x4012_3456));
-        assert_eq!(translate(&mem, l4, va + 0x12_3456, Access::Write), Err(Errno::EFAULT));
+        mem.write_u64(
+            l4.maddr() + 8 * table_index(va, 4) as u64,
+            Mfn(2).maddr() | PTE_P | PTE_US,
+        );
+        mem.write_u64(
+            Mfn(2).maddr() + 8 * table_index(va, 3) as u64,
+            Mfn(3).maddr() | PTE_P | PTE_US,
+        );
+        mem.write_u64(
+            Mfn(3).maddr() + 8 * table_index(va, 2) as u64,
+            0x4000_0000 | PTE_P | PTE_US | PTE_PS,
+        );
+        assert_eq!(
+            translate(&mem, l4, va + 0x12_3456, Access::Read),
+            Ok(0x4012_3456)
+        );
+        assert_eq!(
+            translate(&mem, l4, va + 0x12_3456, Access::Write),
+            Err(Errno::EFAULT)
+        );
     }
 }

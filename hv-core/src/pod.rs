@@ -20,7 +20,10 @@ pub unsafe trait Pod: Copy + 'static {
         // SAFETY: `Pod` guarantees no padding, so all `size_of::<Self>()` bytes are
         // initialised; the slice borrows `self` and cannot outlive it.
         unsafe {
-            core::slice::from_raw_parts((self as *const Self).cast::<u8>(), core::mem::size_of::<Self>())
+            core::slice::from_raw_parts(
+                (self as *const Self).cast::<u8>(),
+                core::mem::size_of::<Self>(),
+            )
         }
     }
 
@@ -53,7 +56,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let e = MulticallEntry { op: 17, result: 5, args: [1, 2, 3, 4, 5, 6] };
+        let e = MulticallEntry {
+            op: 17,
+            result: 5,
+            args: [1, 2, 3, 4, 5, 6],
+        };
         let b = e.as_bytes();
         assert_eq!(b.len(), 64);
         assert_eq!(MulticallEntry::from_bytes(b), Some(e));

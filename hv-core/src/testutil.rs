@@ -48,8 +48,14 @@ pub fn fake_hv_l4e() -> [u64; HV_L4_SLOTS] {
 
 /// A hypervisor over `frames` frames of test memory (frames 0..16 reserved).
 pub fn hypervisor(frames: usize) -> Hypervisor<'static, TestMemory, StringConsole> {
-    let entries: &'static mut [FrameInfo] = Box::leak(vec![FrameInfo::RESERVED; frames].into_boxed_slice());
+    let entries: &'static mut [FrameInfo] =
+        Box::leak(vec![FrameInfo::RESERVED; frames].into_boxed_slice());
     let mut ft = FrameTable::new(entries);
     ft.add_free_range(Mfn(16), Mfn(frames as u64));
-    Hypervisor::new(TestMemory::new(frames), ft, StringConsole::default(), fake_hv_l4e())
+    Hypervisor::new(
+        TestMemory::new(frames),
+        ft,
+        StringConsole::default(),
+        fake_hv_l4e(),
+    )
 }

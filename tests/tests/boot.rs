@@ -51,7 +51,10 @@ fn three_guests_run_side_by_side() {
 /// An exception inside the hypervisor prints a register dump and fails the run.
 #[test]
 fn hypervisor_fault_dumps_registers_and_fails() {
-    let outcome = Scenario::new("hv-fault").hv_args("selftest=hv-fault").guest("test=hello").run();
+    let outcome = Scenario::new("hv-fault")
+        .hv_args("selftest=hv-fault")
+        .guest("test=hello")
+        .run();
     outcome
         .assert_hv_failure()
         .assert_line_starting("[hv] FATAL: hypervisor exception 14 (#PF)")

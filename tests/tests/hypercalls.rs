@@ -25,7 +25,9 @@ fn bad_numbers_pointers_and_lengths_get_exact_errors() {
 /// One multicall batch with mixed calls reports exact per-entry results.
 #[test]
 fn multicall_reports_per_entry_results() {
-    let outcome = Scenario::new("hypercall-multicall").guest("test=multicall").run();
+    let outcome = Scenario::new("hypercall-multicall")
+        .guest("test=multicall")
+        .run();
     outcome
         .assert_hv_success()
         .assert_result("[d1] ", TestResult::Success)

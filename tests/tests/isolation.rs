@@ -20,13 +20,19 @@ fn assert_isolated(o: &Outcome, crash_line: &str) {
         .assert_result("[d2] ", TestResult::Success)
         .assert_contains("[hv] d2 ended: poweroff")
         .assert_contains("[hv] d0 ended: poweroff")
-        .expect(o.result_of("[d1] ").is_none(), "the crashing guest never reported a result")
+        .expect(
+            o.result_of("[d1] ").is_none(),
+            "the crashing guest never reported a result",
+        )
         .assert_all_domains_ended();
     // d2 kept running after d1 died.
     let lines: Vec<&str> = o.lines().collect();
     let crash = lines.iter().position(|l| l.starts_with(crash_line));
     let d2_done = lines.iter().position(|l| l.starts_with("[d2] Test result"));
-    o.expect(matches!((crash, d2_done), (Some(c), Some(d)) if c < d), "d2 finished after d1 crashed");
+    o.expect(
+        matches!((crash, d2_done), (Some(c), Some(d)) if c < d),
+        "d2 finished after d1 crashed",
+    );
 }
 
 #[test]
@@ -38,17 +44,26 @@ fn null_dereference_kills_only_that_guest() {
 
 #[test]
 fn ud2_kills_only_that_guest() {
-    assert_isolated(&crash_with_partner("ud", "crash-ud"), "[hv] d1 crashed: vector 6 (#UD)");
+    assert_isolated(
+        &crash_with_partner("ud", "crash-ud"),
+        "[hv] d1 crashed: vector 6 (#UD)",
+    );
 }
 
 #[test]
 fn int3_kills_only_that_guest() {
-    assert_isolated(&crash_with_partner("int3", "crash-int3"), "[hv] d1 crashed: vector 3 (#BP)");
+    assert_isolated(
+        &crash_with_partner("int3", "crash-int3"),
+        "[hv] d1 crashed: vector 3 (#BP)",
+    );
 }
 
 #[test]
 fn privileged_instruction_kills_only_that_guest() {
-    assert_isolated(&crash_with_partner("priv", "crash-priv"), "[hv] d1 crashed: vector 13 (#GP)");
+    assert_isolated(
+        &crash_with_partner("priv", "crash-priv"),
+        "[hv] d1 crashed: vector 13 (#GP)",
+    );
 }
 
 #[test]

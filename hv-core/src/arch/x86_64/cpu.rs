@@ -49,7 +49,9 @@ pub fn cr2() -> u64 {
 pub fn cr3() -> u64 {
     let v: u64;
     // SAFETY: reading CR3 has no side effects.
-    unsafe { core::arch::asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 

@@ -154,7 +154,9 @@ extern "C" {
 pub fn trap_stubs_base() -> u64 {
     let v: u64;
     // SAFETY: computes a symbol address; no memory access.
-    unsafe { core::arch::asm!("lea {}, [rip + trap_stubs]", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lea {}, [rip + trap_stubs]", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -162,7 +164,9 @@ pub fn trap_stubs_base() -> u64 {
 pub fn syscall_entry_addr() -> u64 {
     let v: u64;
     // SAFETY: computes a symbol address; no memory access.
-    unsafe { core::arch::asm!("lea {}, [rip + syscall_entry]", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lea {}, [rip + syscall_entry]", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -170,7 +174,9 @@ pub fn syscall_entry_addr() -> u64 {
 pub fn hv_stack_top() -> u64 {
     let v: u64;
     // SAFETY: computes a symbol address; no memory access.
-    unsafe { core::arch::asm!("lea {}, [rip + hv_stack_top]", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lea {}, [rip + hv_stack_top]", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -178,7 +184,9 @@ pub fn hv_stack_top() -> u64 {
 pub fn df_stack_top() -> u64 {
     let v: u64;
     // SAFETY: computes a symbol address; no memory access.
-    unsafe { core::arch::asm!("lea {}, [rip + df_stack_top]", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lea {}, [rip + df_stack_top]", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 

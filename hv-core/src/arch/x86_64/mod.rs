@@ -15,13 +15,13 @@ pub mod tables;
 use crate::domain::VcpuRegs;
 use crate::frame_table::{FrameInfo, FrameTable};
 use crate::hv::{DomainConfig, GuestFault, Hypervisor, Next};
+use crate::hvlog;
 use crate::mem::{within_one_frame, MachineMemory};
 use abi::start_info::{set_cstr, ModuleInfo, MAX_MODULES};
 use abi::{DomId, Mfn, PAGE_SIZE};
 use entry::{TrapFrame, SYSCALL_VECTOR};
 use serial::Serial;
 use spin::Mutex;
-use crate::hvlog;
 
 /// Where machine address 0 appears in the hypervisor's virtual address space.
 pub const DIRECTMAP_BASE: u64 = 0xffff_8300_0000_0000;
@@ -44,10 +44,14 @@ pub struct DirectMap {
 
 impl DirectMap {
     fn is_ram(&self, maddr: u64, len: usize) -> bool {
-        let Some(end) = maddr.checked_add(len as u64) else { return false };
+        let Some(end) = maddr.checked_add(len as u64) else {
+            return false;
+        };
         end <= DIRECTMAP_SIZE
             && within_one_frame(maddr, len)
-            && self.ram[..self.n].iter().any(|&(s, e)| maddr >= s && end <= e)
+            && self.ram[..self.n]
+                .iter()
+                .any(|&(s, e)| maddr >= s && end <= e)
     }
 }
 
@@ -59,7 +63,13 @@ impl MachineMemory for DirectMap {
         // SAFETY: [maddr, +len) is RAM inside the direct map (checked above); no guest
         // runs concurrently (one CPU), and `buf` is hypervisor memory that cannot overlap
         // a range handed out as guest memory.
-        unsafe { core::ptr::copy_nonoverlapping((DIRECTMAP_BASE + maddr) as *const u8, buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (DIRECTMAP_BASE + maddr) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
         true
     }
     fn write(&mut self, maddr: u64, data: &[u8]) -> bool {
@@ -68,7 +78,13 @@ impl MachineMemory for DirectMap {
         }
         // SAFETY: as for `read`; the frame-table rules guarantee portable code only writes
         // frames it allocated or validated guest mappings of.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (DIRECTMAP_BASE + maddr) as *mut u8, data.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (DIRECTMAP_BASE + maddr) as *mut u8,
+                data.len(),
+            )
+        };
         true
     }
     fn zero_frame(&mut self, mfn: Mfn) -> bool {
@@ -114,12 +130,17 @@ fn boot_str(paddr: u64, buf: &mut [u8; 256]) -> &str {
 
 /// Everything but the first word (QEMU puts the file name first).
 fn strip_first_word(s: &str) -> &str {
-    s.trim_start().split_once(char::is_whitespace).map(|(_, rest)| rest.trim()).unwrap_or("")
+    s.trim_start()
+        .split_once(char::is_whitespace)
+        .map(|(_, rest)| rest.trim())
+        .unwrap_or("")
 }
 
 /// `key=<n>[K|M|G]` from a command line, in bytes.
 fn size_arg(cmdline: &str, key: &str) -> Option<u64> {
-    let v = cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?;
+    let v = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?;
     let (num, mul) = match v.as_bytes().last()? {
         b'K' | b'k' => (&v[..v.len() - 1], 1 << 10),
         b'M' | b'm' => (&v[..v.len() - 1], 1 << 20),
@@ -132,7 +153,9 @@ fn size_arg(cmdline: &str, key: &str) -> Option<u64> {
 fn idle_l4() -> u64 {
     let v: u64;
     // SAFETY: computes a symbol address; no memory access.
-    unsafe { core::arch::asm!("lea {}, [rip + boot_pml4]", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lea {}, [rip + boot_pml4]", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -148,7 +171,16 @@ fn image_bounds() -> (u64, u64) {
 
 fn remap_and_mask_pics() {
     use cpu::outb;
-    for (port, v) in [(0x20, 0x11), (0xa0, 0x11), (0x21, 0x20), (0xa1, 0x28), (0x21, 4), (0xa1, 2), (0x21, 1), (0xa1, 1)] {
+    for (port, v) in [
+        (0x20, 0x11),
+        (0xa0, 0x11),
+        (0x21, 0x20),
+        (0xa1, 0x28),
+        (0x21, 4),
+        (0xa1, 2),
+        (0x21, 1),
+        (0xa1, 1),
+    ] {
         outb(port, v);
     }
     outb(0x21, 0xff);
@@ -157,7 +189,10 @@ fn remap_and_mask_pics() {
 
 /// Exits QEMU through isa-debug-exit; halts if the device is absent.
 pub fn exit_qemu(success: bool) -> ! {
-    cpu::outl(DEBUG_EXIT_PORT, if success { EXIT_SUCCESS } else { EXIT_FAILURE });
+    cpu::outl(
+        DEBUG_EXIT_PORT,
+        if success { EXIT_SUCCESS } else { EXIT_FAILURE },
+    );
     hvlog!("isa-debug-exit is not present; halting");
     cpu::halt_forever()
 }
@@ -210,7 +245,10 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         hvlog!("FATAL: the boot loader gave no memory map");
         exit_qemu(false);
     }
-    let mut dm = DirectMap { ram: [(0, 0); MAX_RAM_RANGES], n: 0 };
+    let mut dm = DirectMap {
+        ram: [(0, 0); MAX_RAM_RANGES],
+        n: 0,
+    };
     let (mmap_len, mmap_addr) = (u64::from(boot_u32(mbi + 44)), u64::from(boot_u32(mbi + 48)));
     let mut off = 0;
     let mut total = 0u64;
@@ -218,7 +256,12 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         let e = mmap_addr + off;
         let size = u64::from(boot_u32(e));
         let (base, len, kind) = (boot_u64(e + 4), boot_u64(e + 12), boot_u32(e + 20));
-        hvlog!("e820: {:#012x}-{:#012x} {}", base, base.saturating_add(len), if kind == 1 { "RAM" } else { "reserved" });
+        hvlog!(
+            "e820: {:#012x}-{:#012x} {}",
+            base,
+            base.saturating_add(len),
+            if kind == 1 { "RAM" } else { "reserved" }
+        );
         if kind == 1 && dm.n < MAX_RAM_RANGES {
             let s = base.next_multiple_of(PAGE_SIZE as u64);
             let end = (base.saturating_add(len) & !(PAGE_SIZE as u64 - 1)).min(DIRECTMAP_SIZE);
@@ -237,7 +280,11 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     // Full command lines (ModuleInfo's copy for dom0 may be truncated).
     let mut mod_cmdlines = [[0u8; 256]; MAX_MODULES];
     let mut nmods = 0usize;
-    let (mods_count, mods_addr) = if flags & (1 << 3) != 0 { (boot_u32(mbi + 20), u64::from(boot_u32(mbi + 24))) } else { (0, 0) };
+    let (mods_count, mods_addr) = if flags & (1 << 3) != 0 {
+        (boot_u32(mbi + 20), u64::from(boot_u32(mbi + 24)))
+    } else {
+        (0, 0)
+    };
     let mut used_end = image_bounds().1.max(1 << 20);
     for i in 0..u64::from(mods_count).min(MAX_MODULES as u64) {
         let m = mods_addr + 16 * i;
@@ -280,11 +327,20 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     }
     let (img_s, img_e) = image_bounds();
     frames.reserve_range(Mfn(0), Mfn(0x100)); // low 1 MiB: BIOS data, multiboot info
-    frames.reserve_range(Mfn(img_s / PAGE_SIZE as u64), Mfn(img_e.div_ceil(PAGE_SIZE as u64)));
+    frames.reserve_range(
+        Mfn(img_s / PAGE_SIZE as u64),
+        Mfn(img_e.div_ceil(PAGE_SIZE as u64)),
+    );
     for m in &modules[..nmods] {
-        frames.reserve_range(Mfn::containing(m.maddr), Mfn((m.maddr + m.len).div_ceil(PAGE_SIZE as u64)));
+        frames.reserve_range(
+            Mfn::containing(m.maddr),
+            Mfn((m.maddr + m.len).div_ceil(PAGE_SIZE as u64)),
+        );
     }
-    frames.reserve_range(Mfn(ft_start / PAGE_SIZE as u64), Mfn(ft_start / PAGE_SIZE as u64 + ft_frames));
+    frames.reserve_range(
+        Mfn(ft_start / PAGE_SIZE as u64),
+        Mfn(ft_start / PAGE_SIZE as u64 + ft_frames),
+    );
     hvlog!(
         "memory: {} MiB RAM, {} frames free after image, modules and frame table ({} frames)",
         total >> 20,
@@ -293,7 +349,11 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     );
 
     let mut cbuf = [0u8; 256];
-    let hv_cmdline = if flags & (1 << 2) != 0 { boot_str(u64::from(boot_u32(mbi + 16)), &mut cbuf) } else { "" };
+    let hv_cmdline = if flags & (1 << 2) != 0 {
+        boot_str(u64::from(boot_u32(mbi + 16)), &mut cbuf)
+    } else {
+        ""
+    };
     let hv_args = strip_first_word(hv_cmdline);
     hvlog!("command line: \"{hv_args}\"");
     let dom0_pages = size_arg(hv_args, "dom0_mem").unwrap_or(32 << 20) / PAGE_SIZE as u64;
@@ -313,7 +373,9 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     let mut l4e = [0u64; crate::builder::HV_L4_SLOTS];
     for (i, e) in l4e.iter_mut().enumerate() {
         // SAFETY: reads our own L4 (a static in the image).
-        *e = unsafe { core::ptr::read_volatile((l4 as *const u64).add(abi::layout::HYPERVISOR_L4_FIRST + i)) };
+        *e = unsafe {
+            core::ptr::read_volatile((l4 as *const u64).add(abi::layout::HYPERVISOR_L4_FIRST + i))
+        };
     }
     let mut hv = Hypervisor::new(dm, frames, Serial, l4e);
 
@@ -323,12 +385,17 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     }
     for (i, m) in modules[..nmods].iter().enumerate() {
         let cmd = abi::start_info::cstr(&mod_cmdlines[i]);
-        hv.log(format_args!("module {i}: {:#x}+{:#x} \"{cmd}\"", m.maddr, m.len));
+        hv.log(format_args!(
+            "module {i}: {:#x}+{:#x} \"{cmd}\"",
+            m.maddr, m.len
+        ));
     }
     for (i, m) in modules[..nmods].iter().enumerate() {
         // SAFETY: the module is RAM below 4 GiB (multiboot addresses are 32-bit) inside the
         // direct map, reserved in the frame table, and never written while this lives.
-        let kernel = unsafe { core::slice::from_raw_parts((DIRECTMAP_BASE + m.maddr) as *const u8, m.len as usize) };
+        let kernel = unsafe {
+            core::slice::from_raw_parts((DIRECTMAP_BASE + m.maddr) as *const u8, m.len as usize)
+        };
         let cfg = DomainConfig {
             kernel,
             cmdline: strip_first_word(abi::start_info::cstr(&mod_cmdlines[i])),
@@ -418,23 +485,32 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         hypervisor_fault(frame, cr2);
     }
     let vector = frame.vector;
-    if (32..=255).contains(&vector) && vector != u64::from(abi::hypercall::HYPERCALL_INT_VECTOR) || vector == 2 {
+    if (32..=255).contains(&vector) && vector != u64::from(abi::hypercall::HYPERCALL_INT_VECTOR)
+        || vector == 2
+    {
         // Interrupt controllers are masked; anything arriving here is spurious (or an
         // NMI), not the guest's doing: resume it untouched.
         return;
     }
     let mut regs = frame_to_regs(frame);
     let mut guard = HV.lock();
-    let Some(hv) = guard.as_mut() else { hypervisor_fault(frame, cr2) };
-    let next = if vector == SYSCALL_VECTOR || vector == u64::from(abi::hypercall::HYPERCALL_INT_VECTOR) {
-        hv.hypercall(&mut regs)
-    } else {
-        let v = vector as u8;
-        hv.guest_fault(
-            &mut regs,
-            GuestFault { vector: v, error_code: frame.error_code, cr2: if v == 14 { cr2 } else { 0 } },
-        )
+    let Some(hv) = guard.as_mut() else {
+        hypervisor_fault(frame, cr2)
     };
+    let next =
+        if vector == SYSCALL_VECTOR || vector == u64::from(abi::hypercall::HYPERCALL_INT_VECTOR) {
+            hv.hypercall(&mut regs)
+        } else {
+            let v = vector as u8;
+            hv.guest_fault(
+                &mut regs,
+                GuestFault {
+                    vector: v,
+                    error_code: frame.error_code,
+                    cr2: if v == 14 { cr2 } else { 0 },
+                },
+            )
+        };
     drop(guard);
     resume(frame, &regs, next);
 }
@@ -449,11 +525,41 @@ fn hypervisor_fault(f: &TrapFrame, cr2: u64) -> ! {
         f.error_code,
         cr2
     );
-    hvlog!("  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
-    hvlog!("  rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}", f.rsi, f.rdi, f.rbp, f.rsp);
-    hvlog!("  r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}", f.r8, f.r9, f.r10, f.r11);
-    hvlog!("  r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r12, f.r13, f.r14, f.r15);
-    hvlog!("  cs {:#x} ss {:#x} rflags {:#x} cr3 {:#x}", f.cs, f.ss, f.rflags, cpu::cr3());
+    hvlog!(
+        "  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx
+    );
+    hvlog!(
+        "  rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}",
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.rsp
+    );
+    hvlog!(
+        "  r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}",
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11
+    );
+    hvlog!(
+        "  r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15
+    );
+    hvlog!(
+        "  cs {:#x} ss {:#x} rflags {:#x} cr3 {:#x}",
+        f.cs,
+        f.ss,
+        f.rflags,
+        cpu::cr3()
+    );
     exit_qemu(false)
 }
 

@@ -71,7 +71,15 @@ static TSS: CpuShared<Aligned<Tss>> = CpuShared(UnsafeCell::new(Aligned(Tss {
     iomap_base: 104, // no I/O bitmap: every port access from ring 3 faults
 })));
 static IDT: CpuShared<Aligned<[IdtEntry; 256]>> = CpuShared(UnsafeCell::new(Aligned(
-    [IdtEntry { off_lo: 0, sel: 0, ist: 0, attr: 0, off_mid: 0, off_hi: 0, _r: 0 }; 256],
+    [IdtEntry {
+        off_lo: 0,
+        sel: 0,
+        ist: 0,
+        attr: 0,
+        off_mid: 0,
+        off_hi: 0,
+        _r: 0,
+    }; 256],
 )));
 
 #[repr(C, packed)]
@@ -118,8 +126,14 @@ pub fn init() {
             };
         }
 
-        let gdtp = Pointer { limit: 8 * 8 - 1, base: GDT.0.get() as u64 };
-        let idtp = Pointer { limit: 256 * 16 - 1, base: IDT.0.get() as u64 };
+        let gdtp = Pointer {
+            limit: 8 * 8 - 1,
+            base: GDT.0.get() as u64,
+        };
+        let idtp = Pointer {
+            limit: 256 * 16 - 1,
+            base: IDT.0.get() as u64,
+        };
         core::arch::asm!(
             "lgdt [{g}]",
             "lidt [{i}]",
