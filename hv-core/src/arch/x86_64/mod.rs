@@ -264,7 +264,14 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         );
         if kind == 1 && dm.n < MAX_RAM_RANGES {
             let s = base.next_multiple_of(PAGE_SIZE as u64);
-            let end = (base.saturating_add(len) & !(PAGE_SIZE as u64 - 1)).min(DIRECTMAP_SIZE);
+            let full_end = base.saturating_add(len) & !(PAGE_SIZE as u64 - 1);
+            if full_end > DIRECTMAP_SIZE {
+                hvlog!(
+                    "ignoring {} MiB of RAM above 4 GiB (the direct map covers the first 4 GiB)",
+                    (full_end - s.max(DIRECTMAP_SIZE)) >> 20
+                );
+            }
+            let end = full_end.min(DIRECTMAP_SIZE);
             if s < end {
                 dm.ram[dm.n] = (s, end);
                 dm.n += 1;
@@ -289,6 +296,10 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     for i in 0..u64::from(mods_count).min(MAX_MODULES as u64) {
         let m = mods_addr + 16 * i;
         let (start, end) = (u64::from(boot_u32(m)), u64::from(boot_u32(m + 4)));
+        if end < start || !dm.ram[..dm.n].iter().any(|&(s, e)| start >= s && end <= e) {
+            hvlog!("module {i} at {start:#x}..{end:#x} is not inside RAM: skipped");
+            continue;
+        }
         let cmd = boot_str(u64::from(boot_u32(m + 8)), &mut mod_cmdlines[nmods]);
         modules[nmods].maddr = start;
         modules[nmods].len = end.saturating_sub(start);
