@@ -21,6 +21,7 @@
 pub mod errno;
 pub mod hypercall;
 pub mod layout;
+pub mod mm;
 pub mod shared_info;
 pub mod start_info;
 pub mod types;

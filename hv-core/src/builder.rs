@@ -19,6 +19,8 @@
 //! defensively: a malformed image fails the build, never the hypervisor.
 
 use crate::frame_table::{FrameTable, Owner};
+use crate::m2p::M2p;
+use crate::mm::{Actor, Mm};
 use crate::mem::MachineMemory;
 use crate::paging::{map_4k, PTE_NX, PTE_RW, PTE_US};
 use crate::pod::Pod;
@@ -224,11 +226,15 @@ pub fn layout(image_pages: u64, nr_pages: u64) -> Result<Layout, BuildError> {
     })
 }
 
-/// Builds a domain into frames owned by `spec.domid`. On error, frames already allocated
-/// remain owned by the domain; the caller releases them with `release_domain`.
+/// Builds a domain into frames owned by `spec.domid`, recording them in the M2P. The
+/// bootstrap page tables are then typed, counted, pinned and loaded exactly as if the
+/// guest had built them itself (pin L4 + base pointer). On error, frames already
+/// allocated remain owned by the domain; the caller drops the domain's references
+/// (`Mm::drop_domain_refs`) and releases them (`release_domain`).
 pub fn build_domain(
     mem: &mut impl MachineMemory,
     frames: &mut FrameTable<'_>,
+    m2p: &M2p,
     spec: &BuildSpec<'_>,
 ) -> Result<Built, BuildError> {
     if spec.nr_pages > MAX_DOMAIN_PAGES {
@@ -261,6 +267,7 @@ pub fn build_domain(
         if !mem.write_u64(p2m_slot(pfn), m.0) {
             return Err(BuildError::Internal("P2M write failed"));
         }
+        m2p.set(mem, m, pfn);
     }
     // pfn -> mfn through the P2M just written (`read` reads a u64 of machine memory).
     let lookup = |read: &mut dyn FnMut(u64) -> Option<u64>, pfn: u64| {
@@ -365,6 +372,14 @@ pub fn build_domain(
         return Err(BuildError::Internal("start_info write failed"));
     }
 
+    // 6. Type, count and pin the bootstrap tables as the guest would: pin the L4 (which
+    //    validates the whole tree) and load it as the base pointer.
+    let actor = Actor { dom: spec.domid, privileged: spec.privileged };
+    let mut budget = u64::MAX;
+    let mut mm = Mm { frames, mem, hv_l4e: spec.hypervisor_l4e, budget: &mut budget };
+    mm.pin(l4, 4, actor).map_err(|_| BuildError::Internal("bootstrap page tables failed validation"))?;
+    mm.get_base(l4, actor).map_err(|_| BuildError::Internal("bootstrap L4 cannot be loaded"))?;
+
     Ok(Built {
         l4,
         shared_info,
@@ -438,7 +453,14 @@ mod tests {
                 modules: &mods,
                 hypervisor_l4e: &hv,
             };
-            let r = build_domain(&mut mem, &mut ft, &spec);
+            let m2p = M2p::new(&mut mem, &mut ft).unwrap();
+            let r = build_domain(&mut mem, &mut ft, &m2p, &spec);
+            if let Ok(b) = &r {
+                crate::mm::audit(&ft, &mem, &[b.l4]).unwrap();
+                let l4 = ft.info(b.l4).unwrap();
+                assert!(l4.pinned && l4.ptype == crate::frame_table::PageType::L4 && l4.type_count == 2);
+                assert_eq!(m2p.get(&mem, b.l4), b.layout.pt_start);
+            }
             if r.is_ok() {
                 assert_eq!(
                     ft.count_owned(DomId(3)) as u64,

@@ -85,8 +85,12 @@ pub struct Domain {
     pub privileged: bool,
     /// Root of its address space.
     pub l4: Mfn,
-    /// Pages of memory it was given.
+    /// Pages of memory it was given at boot.
     pub nr_pages: u64,
+    /// Pages it owns now (current reservation).
+    pub tot_pages: u64,
+    /// Most pages it may own (maximum reservation).
+    pub max_pages: u64,
     /// Its shared_info frame.
     pub shared_info: Mfn,
     /// Saved vCPU registers (valid while not running).

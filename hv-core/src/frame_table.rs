@@ -11,7 +11,11 @@
 //!   guest-writable and therefore never trusted for teardown). Destroying a domain frees
 //!   exactly the frames this table says it owns ([`FrameTable::release_domain`]).
 //!
-//! Page types and reference counts (the direct-paging protocol) extend this entry later.
+//! - Each frame also has a page type ([`PageType`]), a type count, a general reference
+//!   count and a pinned bit; [`crate::mm`] maintains them and states their invariants:
+//!   a frame is mapped writable anywhere only while its type is `Writable`; a page-table
+//!   frame is only ever mapped read-only; types change only at type count zero; a frame
+//!   is freed only when both counts are zero.
 
 use abi::{DomId, Errno, Mfn};
 
@@ -26,6 +30,51 @@ pub enum Owner {
     Hypervisor,
     /// Allocated to a domain.
     Domain(DomId),
+    /// Belonged to a domain that has died, but other domains still hold references;
+    /// freed when the last reference goes ([`crate::mm`]).
+    Zombie(DomId),
+}
+
+/// What a frame is currently used as (Xen's page types). A frame's type can change only
+/// while its type count is zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageType {
+    /// No current use.
+    None,
+    /// Mapped writable somewhere (type count = number of writable mappings).
+    Writable,
+    /// An L1 page table (type count = parent L2 entries + pins).
+    L1,
+    /// An L2 page table.
+    L2,
+    /// An L3 page table.
+    L3,
+    /// An L4 page table (type count includes base-pointer loads).
+    L4,
+    /// A descriptor table (GDT/LDT); reserved for later use.
+    SegDesc,
+}
+
+impl PageType {
+    /// The page-table level (1..=4), if this is a page-table type.
+    pub const fn level(self) -> Option<u32> {
+        match self {
+            PageType::L1 => Some(1),
+            PageType::L2 => Some(2),
+            PageType::L3 => Some(3),
+            PageType::L4 => Some(4),
+            _ => None,
+        }
+    }
+    /// The page-table type of `level` (1..=4).
+    pub const fn table(level: u32) -> PageType {
+        match level {
+            1 => PageType::L1,
+            2 => PageType::L2,
+            3 => PageType::L3,
+            _ => PageType::L4,
+        }
+    }
 }
 
 /// Per-frame bookkeeping.
@@ -33,13 +82,29 @@ pub enum Owner {
 pub struct FrameInfo {
     /// Current owner.
     pub owner: Owner,
+    /// Current type.
+    pub ptype: PageType,
+    /// Pinned (holds one type and one general reference).
+    pub pinned: bool,
+    /// Uses in the current type.
+    pub type_count: u32,
+    /// All uses: every present entry pointing at it, pins, base-pointer loads.
+    pub ref_count: u32,
 }
 
 impl FrameInfo {
     /// The state of every frame before the memory map is read.
-    pub const RESERVED: FrameInfo = FrameInfo {
-        owner: Owner::Reserved,
-    };
+    pub const RESERVED: FrameInfo =
+        FrameInfo { owner: Owner::Reserved, ptype: PageType::None, pinned: false, type_count: 0, ref_count: 0 };
+
+    fn fresh(owner: Owner) -> FrameInfo {
+        FrameInfo { owner, ..FrameInfo::RESERVED }
+    }
+
+    /// True if nothing uses the frame.
+    pub fn unused(&self) -> bool {
+        self.ref_count == 0 && self.type_count == 0 && !self.pinned
+    }
 }
 
 /// Errors from frame-table operations. All are hypervisor bugs or exhaustion, never
@@ -98,7 +163,7 @@ impl<'a> FrameTable<'a> {
         let end = (end.0 as usize).min(self.entries.len());
         for i in (start.0 as usize).min(end)..end {
             if self.entries[i].owner == Owner::Reserved {
-                self.entries[i].owner = Owner::Free;
+                self.entries[i] = FrameInfo::fresh(Owner::Free);
                 self.free += 1;
             }
         }
@@ -134,7 +199,7 @@ impl<'a> FrameTable<'a> {
         for k in 0..n {
             let i = (self.hint + k) % n;
             if self.entries[i].owner == Owner::Free {
-                self.entries[i].owner = owner;
+                self.entries[i] = FrameInfo::fresh(owner);
                 self.free -= 1;
                 self.hint = (i + 1) % n;
                 return Ok(Mfn(i as u64));
@@ -153,7 +218,7 @@ impl<'a> FrameTable<'a> {
                 if run == count {
                     let start = i + 1 - count;
                     for e in &mut self.entries[start..=i] {
-                        e.owner = owner;
+                        *e = FrameInfo::fresh(owner);
                     }
                     self.free -= count;
                     return Ok(Mfn(start as u64));
@@ -174,23 +239,58 @@ impl<'a> FrameTable<'a> {
         if e.owner != owner {
             return Err(FrameError::NotOwned(mfn));
         }
-        e.owner = Owner::Free;
+        *e = FrameInfo::fresh(Owner::Free);
         self.free += 1;
         Ok(())
     }
 
-    /// Frees every frame owned by `dom`; returns how many. The caller must already have
-    /// stopped using them (no CPU runs on the domain's page tables).
-    pub fn release_domain(&mut self, dom: DomId) -> usize {
-        let mut n = 0;
+    /// Frees every frame owned by `dom` that nothing references; frames still referenced
+    /// (by other domains' mappings) become zombies, freed by the last
+    /// [`FrameTable::put_ref`]. Returns (freed, zombies). The caller must already have
+    /// dropped the domain's own references (its tables, pins, base pointer) and stopped
+    /// running on its page tables.
+    pub fn release_domain(&mut self, dom: DomId) -> (usize, usize) {
+        let (mut n, mut z) = (0, 0);
         for e in self.entries.iter_mut() {
             if e.owner == Owner::Domain(dom) {
-                e.owner = Owner::Free;
-                n += 1;
+                if e.ref_count == 0 {
+                    *e = FrameInfo::fresh(Owner::Free);
+                    n += 1;
+                } else {
+                    e.owner = Owner::Zombie(dom);
+                    e.pinned = false;
+                    z += 1;
+                }
             }
         }
         self.free += n;
-        n
+        (n, z)
+    }
+
+    /// Per-frame info, `None` beyond the table.
+    pub fn info(&self, mfn: Mfn) -> Option<&FrameInfo> {
+        self.entries.get(usize::try_from(mfn.0).ok()?)
+    }
+
+    /// Mutable per-frame info, `None` beyond the table.
+    pub fn info_mut(&mut self, mfn: Mfn) -> Option<&mut FrameInfo> {
+        self.entries.get_mut(usize::try_from(mfn.0).ok()?)
+    }
+
+    /// Drops one general reference; a zombie frame whose last reference goes is freed.
+    pub fn put_ref(&mut self, mfn: Mfn) {
+        let Some(e) = self.info_mut(mfn) else { return };
+        debug_assert!(e.ref_count > 0, "reference count underflow on {mfn:?}");
+        e.ref_count = e.ref_count.saturating_sub(1);
+        if e.ref_count == 0 && matches!(e.owner, Owner::Zombie(_)) {
+            *e = FrameInfo::fresh(Owner::Free);
+            self.free += 1;
+        }
+    }
+
+    /// Iterates over `(mfn, info)` for every frame.
+    pub fn iter(&self) -> impl Iterator<Item = (Mfn, &FrameInfo)> {
+        self.entries.iter().enumerate().map(|(i, e)| (Mfn(i as u64), e))
     }
 
     /// Frames owned by `dom`.
@@ -272,7 +372,7 @@ mod tests {
             let mut live: std::collections::HashMap<u64, u16> = Default::default();
             for (dom, release) in ops {
                 if release {
-                    let n = t.release_domain(DomId(dom));
+                    let (n, _) = t.release_domain(DomId(dom));
                     let before = live.len();
                     live.retain(|_, d| *d != dom);
                     prop_assert_eq!(before - live.len(), n);

@@ -13,7 +13,19 @@ use crate::domain::{exception_name, Domain, DomainState, Ending, VcpuRegs};
 use crate::frame_table::FrameTable;
 use crate::guest_mem::GuestMem;
 use crate::hypercall::{decode, Hypercall};
+use crate::frame_table::Owner;
+use crate::m2p::M2p;
 use crate::mem::MachineMemory;
+use crate::mm::{Actor, Mm, VALIDATION_BUDGET};
+use crate::paging;
+use abi::mm::{
+    MachphysMapping, MemoryReservation, MmuUpdate, MmuextOp, INVALID_M2P_ENTRY, M2P_VIRT_START,
+    MMUEXT_INVLPG_LOCAL, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_TLB_FLUSH_LOCAL,
+    MMUEXT_UNPIN_TABLE, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE, RESERVATION_MAX_EXTENTS,
+    UVMF_FLUSHTYPE_MASK, XENMEM_CURRENT_RESERVATION, XENMEM_DECREASE_RESERVATION,
+    XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION,
+    XENMEM_POPULATE_PHYSMAP,
+};
 use abi::hypercall::{
     features, MulticallEntry, SchedShutdown, ShutdownReason, XenFeatureInfo, XenVersionCmd,
     CONSOLE_IO_MAX, VERSION_MAJOR, VERSION_MINOR,
@@ -54,6 +66,8 @@ pub enum Next {
         l4: Mfn,
         /// The domain that will run.
         domid: DomId,
+        /// Page-table entries changed (or the guest asked for a flush): flush the TLB.
+        flush_tlb: bool,
     },
     /// No domain left: exit with this verdict.
     Exit {
@@ -86,18 +100,33 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     hypervisor_l4e: [u64; HV_L4_SLOTS],
     in_multicall: bool,
     build_failures: usize,
+    m2p: M2p,
+    budget: u64,
+    flush_tlb: bool,
+    baseline_free: Option<usize>,
+}
+
+/// Page-type operations over the hypervisor's frames and memory, borrowing only those
+/// fields (so domain state stays accessible).
+macro_rules! mm {
+    ($hv:expr) => {
+        Mm { frames: &mut $hv.frames, mem: &mut $hv.mem, hv_l4e: &$hv.hypervisor_l4e, budget: &mut $hv.budget }
+    };
 }
 
 impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// A hypervisor with no domains. `hypervisor_l4e` are the L4 entries (slots
-    /// 256..=271) every guest address space shares.
+    /// 256..=271) every guest address space shares; slot 256 is filled here with the
+    /// read-only M2P mapping (read it back with [`Self::hypervisor_l4e`]).
     pub fn new(
-        mem: M,
-        frames: FrameTable<'f>,
+        mut mem: M,
+        mut frames: FrameTable<'f>,
         console: C,
-        hypervisor_l4e: [u64; HV_L4_SLOTS],
-    ) -> Self {
-        Hypervisor {
+        mut hypervisor_l4e: [u64; HV_L4_SLOTS],
+    ) -> Result<Self, Errno> {
+        let m2p = M2p::new(&mut mem, &mut frames)?;
+        hypervisor_l4e[0] = m2p.build_mapping(&mut mem, &mut frames)?;
+        Ok(Hypervisor {
             mem,
             frames,
             console,
@@ -107,7 +136,21 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             hypervisor_l4e,
             in_multicall: false,
             build_failures: 0,
-        }
+            m2p,
+            budget: VALIDATION_BUDGET,
+            flush_tlb: false,
+            baseline_free: None,
+        })
+    }
+
+    /// The L4 entries (slots 256..=271) shared by every address space.
+    pub fn hypervisor_l4e(&self) -> &[u64; HV_L4_SLOTS] {
+        &self.hypervisor_l4e
+    }
+
+    /// The M2P table.
+    pub fn m2p(&self) -> &M2p {
+        &self.m2p
     }
 
     /// Writes a `[hv]` log line.
@@ -140,6 +183,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             .position(|d| d.is_none())
             .ok_or(BuildError::Internal("too many domains"))?;
         let privileged = domid == DomId::DOM0;
+        if self.baseline_free.is_none() {
+            self.baseline_free = Some(self.frames.free_count());
+        }
         let spec = BuildSpec {
             domid,
             privileged,
@@ -149,10 +195,12 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             modules: if privileged { modules } else { &[] },
             hypervisor_l4e: &self.hypervisor_l4e,
         };
-        let built = match builder::build_domain(&mut self.mem, &mut self.frames, &spec) {
+        let built = match builder::build_domain(&mut self.mem, &mut self.frames, &self.m2p, &spec) {
             Ok(b) => b,
             Err(e) => {
-                let freed = self.frames.release_domain(domid);
+                mm!(self).drop_domain_refs(domid, None);
+                self.invalidate_m2p_of(domid);
+                let (freed, _) = self.frames.release_domain(domid);
                 self.build_failures += 1;
                 log(
                     &mut self.console,
@@ -173,6 +221,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             privileged,
             l4: built.l4,
             nr_pages: cfg.nr_pages,
+            tot_pages: cfg.nr_pages,
+            max_pages: cfg.nr_pages,
             shared_info: built.shared_info,
             regs,
             state: DomainState::Runnable,
@@ -208,6 +258,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// result is placed in `rax`. Then decides what runs next.
     pub fn hypercall(&mut self, regs: &mut VcpuRegs) -> Next {
         let (nr, args) = regs.hypercall_args();
+        self.budget = VALIDATION_BUDGET;
         let result = self.execute(nr, args);
         if let Some(d) = self.cur_mut() {
             d.hypercalls += 1;
@@ -222,6 +273,20 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// The running domain took a fault it cannot handle: log it, kill the domain, run
     /// the next one.
     pub fn guest_fault(&mut self, regs: &mut VcpuRegs, f: GuestFault) -> Next {
+        // A write to a present read-only page from ring 3 may be a direct store into one of
+        // the guest's L1 tables (writable page tables).
+        if f.vector == 14 && f.error_code & 0b111 == 0b111 {
+            self.budget = VALIDATION_BUDGET;
+            match self.ptwr(regs, f.cr2) {
+                Ok(()) => return self.after_trap(regs),
+                Err(PtwrError::NotPtwr) => {}
+                Err(PtwrError::Refused(why)) => {
+                    if let Some(id) = self.current().map(|d| d.id) {
+                        log(&mut self.console, format_args!("{id} ptwr: write at {:#x} (rip {:#x}) refused: {why}", f.cr2, regs.rip));
+                    }
+                }
+            }
+        }
         if let Some(d) = self.current() {
             let id = d.id;
             let rip = regs.rip;
@@ -333,7 +398,282 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 r
             }
             Hypercall::DomainId => Ok(u64::from(id.0)),
+            Hypercall::MmuUpdate { reqs, count, done, foreigndom } => {
+                self.check_foreigndom(foreigndom, id, privileged)?;
+                let actor = Actor { dom: id, privileged };
+                let mut n = 0u32;
+                let mut result = Ok(());
+                for i in 0..count {
+                    let r = GuestMem::new(&mut self.mem, l4).read_obj::<MmuUpdate>(reqs + 16 * i).and_then(|req| {
+                        match req.ptr & 3 {
+                            MMU_NORMAL_PT_UPDATE => {
+                                mm!(self).update_entry(req.ptr & !3, req.val, actor)?;
+                                self.flush_tlb = true;
+                                Ok(())
+                            }
+                            MMU_MACHPHYS_UPDATE => {
+                                let mfn = Mfn(req.ptr >> 12);
+                                match self.frames.owner(mfn) {
+                                    None => Err(Errno::EINVAL),
+                                    Some(Owner::Domain(d)) if d == id => {
+                                        self.m2p.set(&mut self.mem, mfn, req.val);
+                                        Ok(())
+                                    }
+                                    Some(_) => Err(Errno::EPERM),
+                                }
+                            }
+                            _ => Err(Errno::EINVAL),
+                        }
+                    });
+                    if let Err(e) = r {
+                        result = Err(e);
+                        break;
+                    }
+                    n += 1;
+                }
+                self.report_done(done, n)?;
+                result.map(|()| 0)
+            }
+            Hypercall::UpdateVaMapping { va, val, flags } => {
+                let actor = Actor { dom: id, privileged };
+                let pte = paging::l1_entry_maddr(&self.mem, l4, va)?;
+                if mm!(self).table_level(Mfn::containing(pte), actor)? != Some(1) {
+                    return Err(Errno::EINVAL);
+                }
+                mm!(self).update_entry(pte, val, actor)?;
+                // One CPU: any change is flushed on the way out; the flags only say how much.
+                let _ = flags & UVMF_FLUSHTYPE_MASK;
+                self.flush_tlb = true;
+                Ok(0)
+            }
+            Hypercall::MmuextOp { ops, count, done, foreigndom } => {
+                self.check_foreigndom(foreigndom, id, privileged)?;
+                let actor = Actor { dom: id, privileged };
+                let mut n = 0u32;
+                let mut result = Ok(());
+                for i in 0..count {
+                    let r = GuestMem::new(&mut self.mem, l4)
+                        .read_obj::<MmuextOp>(ops + 24 * i)
+                        .and_then(|op| self.mmuext(idx, op, actor));
+                    if let Err(e) = r {
+                        result = Err(e);
+                        break;
+                    }
+                    n += 1;
+                }
+                self.report_done(done, n)?;
+                result.map(|()| 0)
+            }
+            Hypercall::MemoryOp { cmd, arg } => self.memory_op(idx, cmd, arg),
         }
+    }
+
+    fn check_foreigndom(&self, fd: u16, id: DomId, privileged: bool) -> Result<(), Errno> {
+        if fd == DomId::SELF.0 || fd == id.0 {
+            return Ok(());
+        }
+        if !privileged {
+            return Err(Errno::EPERM);
+        }
+        match self.domain(DomId(fd)) {
+            Some(d) if d.state == DomainState::Runnable => Ok(()),
+            _ => Err(Errno::ESRCH),
+        }
+    }
+
+    fn report_done(&mut self, done: u64, n: u32) -> Result<(), Errno> {
+        let Some(l4) = self.current().map(|d| d.l4) else { return Ok(()) };
+        if done != 0 {
+            GuestMem::new(&mut self.mem, l4).write(done, &n.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// One `mmuext_op` for domain slot `idx`.
+    fn mmuext(&mut self, idx: usize, op: MmuextOp, actor: Actor) -> Result<(), Errno> {
+        let mfn = Mfn(op.arg1);
+        match op.cmd {
+            c @ 0..=MMUEXT_PIN_L4_TABLE => mm!(self).pin(mfn, c + 1, actor),
+            MMUEXT_UNPIN_TABLE => mm!(self).unpin(mfn, actor),
+            MMUEXT_NEW_BASEPTR => {
+                let old = self.domains[idx].as_ref().map(|d| d.l4).ok_or(Errno::ESRCH)?;
+                mm!(self).get_base(mfn, actor)?;
+                mm!(self).put_base(old);
+                if let Some(d) = self.domains[idx].as_mut() {
+                    d.l4 = mfn;
+                }
+                self.flush_tlb = true;
+                Ok(())
+            }
+            MMUEXT_TLB_FLUSH_LOCAL | MMUEXT_INVLPG_LOCAL => {
+                self.flush_tlb = true;
+                Ok(())
+            }
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+
+    /// `memory_op` for domain slot `idx`.
+    fn memory_op(&mut self, idx: usize, cmd: u64, arg: u64) -> Result<u64, Errno> {
+        let (id, l4, privileged) = {
+            let d = self.domains[idx].as_ref().ok_or(Errno::ESRCH)?;
+            (d.id, d.l4, d.privileged)
+        };
+        let actor = Actor { dom: id, privileged };
+        match cmd {
+            XENMEM_CURRENT_RESERVATION | XENMEM_MAXIMUM_RESERVATION => {
+                let mut b = [0u8; 2];
+                GuestMem::new(&mut self.mem, l4).read(arg, &mut b)?;
+                let target = DomId(u16::from_le_bytes(b));
+                let target = if target == DomId::SELF { id } else { target };
+                if target != id && !privileged {
+                    return Err(Errno::EPERM);
+                }
+                let d = self.domain(target).filter(|d| d.state == DomainState::Runnable).ok_or(Errno::ESRCH)?;
+                Ok(if cmd == XENMEM_CURRENT_RESERVATION { d.tot_pages } else { d.max_pages })
+            }
+            XENMEM_MACHPHYS_MAPPING => {
+                let mapping = MachphysMapping {
+                    v_start: M2P_VIRT_START,
+                    v_end: self.m2p.v_end(),
+                    max_mfn: self.m2p.max_mfn.saturating_sub(1),
+                };
+                GuestMem::new(&mut self.mem, l4).write_obj(arg, &mapping)?;
+                Ok(0)
+            }
+            XENMEM_INCREASE_RESERVATION | XENMEM_POPULATE_PHYSMAP | XENMEM_DECREASE_RESERVATION => {
+                let r: MemoryReservation = GuestMem::new(&mut self.mem, l4).read_obj(arg)?;
+                if r.domid != DomId::SELF.0 && r.domid != id.0 {
+                    return Err(Errno::EPERM);
+                }
+                if r.extent_order != 0 || r.mem_flags != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                if r.nr_extents > RESERVATION_MAX_EXTENTS {
+                    return Err(Errno::E2BIG);
+                }
+                let mut done = 0u64;
+                for i in 0..r.nr_extents {
+                    let slot = r.extent_start + 8 * i;
+                    let step = if cmd == XENMEM_DECREASE_RESERVATION {
+                        self.give_back(idx, slot, actor)
+                    } else {
+                        self.take_more(idx, slot, id)
+                    };
+                    match step {
+                        Ok(()) => done += 1,
+                        Err(e) if done == 0 => return Err(e),
+                        Err(_) => break,
+                    }
+                }
+                Ok(done)
+            }
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+
+    /// Allocates one frame to domain slot `idx` and writes its mfn to guest `slot`.
+    fn take_more(&mut self, idx: usize, slot: u64, id: DomId) -> Result<(), Errno> {
+        let d = self.domains[idx].as_ref().ok_or(Errno::ESRCH)?;
+        let l4 = d.l4;
+        if d.tot_pages >= d.max_pages {
+            return Err(Errno::ENOMEM);
+        }
+        // Check the destination first so a bad pointer costs nothing.
+        GuestMem::new(&mut self.mem, l4).write(slot, &0u64.to_le_bytes())?;
+        let mfn = self.frames.alloc(Owner::Domain(id)).map_err(Errno::from)?;
+        if !self.mem.zero_frame(mfn) {
+            let _ = self.frames.free(mfn, Owner::Domain(id));
+            return Err(Errno::EFAULT);
+        }
+        self.m2p.invalidate(&mut self.mem, mfn);
+        GuestMem::new(&mut self.mem, l4).write(slot, &mfn.0.to_le_bytes())?;
+        if let Some(d) = self.domains[idx].as_mut() {
+            d.tot_pages += 1;
+        }
+        Ok(())
+    }
+
+    /// Takes back the frame whose mfn is at guest `slot` (it must be unused).
+    fn give_back(&mut self, idx: usize, slot: u64, actor: Actor) -> Result<(), Errno> {
+        let l4 = self.domains[idx].as_ref().ok_or(Errno::ESRCH)?.l4;
+        let mut b = [0u8; 8];
+        GuestMem::new(&mut self.mem, l4).read(slot, &mut b)?;
+        let mfn = Mfn(u64::from_le_bytes(b));
+        mm!(self).release_frame(mfn, actor)?;
+        self.m2p.invalidate(&mut self.mem, mfn);
+        if let Some(d) = self.domains[idx].as_mut() {
+            d.tot_pages = d.tot_pages.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    fn invalidate_m2p_of(&mut self, id: DomId) {
+        for i in 0..self.frames.len() as u64 {
+            if self.frames.owner(Mfn(i)) == Some(Owner::Domain(id)) {
+                self.m2p.set(&mut self.mem, Mfn(i), INVALID_M2P_ENTRY);
+            }
+        }
+    }
+
+    /// Writable page tables: emulate a guest store into one of its own L1 tables that
+    /// faulted on the table's read-only mapping.
+    fn ptwr(&mut self, regs: &mut VcpuRegs, cr2: u64) -> Result<(), PtwrError> {
+        use crate::ptwr_decode::{decode_pte_write, widen, PteWrite};
+        let (id, l4, privileged) = match self.current() {
+            Some(d) => (d.id, d.l4, d.privileged),
+            None => return Err(PtwrError::NotPtwr),
+        };
+        let actor = Actor { dom: id, privileged };
+        // The faulting mapping must be a read-only mapping of one of the guest's live L1s.
+        let pte_of_va = paging::l1_entry_maddr(&self.mem, l4, cr2).map_err(|_| PtwrError::NotPtwr)?;
+        let leaf = self.mem.read_u64(pte_of_va).ok_or(PtwrError::NotPtwr)?;
+        if leaf & paging::PTE_P == 0 || leaf & paging::PTE_RW != 0 {
+            return Err(PtwrError::NotPtwr);
+        }
+        let table = Mfn((leaf & paging::PTE_ADDR_MASK) >> 12);
+        match mm!(self).table_level(table, actor) {
+            Ok(Some(1)) => {}
+            _ => return Err(PtwrError::NotPtwr),
+        }
+        // Fetch and decode the instruction (untrusted bytes, through the checked API).
+        let mut bytes = [0u8; 15];
+        let mut n = 0;
+        while n < bytes.len() {
+            let chunk = (bytes.len() - n).min(4096 - ((regs.rip + n as u64) as usize & 4095));
+            if GuestMem::new(&mut self.mem, l4).read(regs.rip + n as u64, &mut bytes[n..n + chunk]).is_err() {
+                break;
+            }
+            n += chunk;
+        }
+        let gpr = gpr_array(regs);
+        let d = decode_pte_write(&bytes[..n], regs.rip, |g| gpr[g as usize]).map_err(|_| PtwrError::Refused("unsupported instruction"))?;
+        let entry_addr = table.maddr() + (cr2 & 0xff8);
+        let old = self.mem.read_u64(entry_addr).ok_or(PtwrError::NotPtwr)?;
+        let merge = |size: u8, value: u64| widen(old, cr2 & 7, size, value).ok_or(PtwrError::Refused("misaligned store"));
+        let (new, writeback) = match d.write {
+            PteWrite::Store { size, value } => (merge(size, value)?, None),
+            PteWrite::Xchg { size, value, reg } => (merge(size, value)?, Some((reg, old_part(old, cr2 & 7, size)))),
+            PteWrite::Cmpxchg { size, expected, new } => {
+                let cur = old_part(old, cr2 & 7, size);
+                if cur != expected {
+                    // Compare failed: no store; rax gets the current value, ZF clear.
+                    set_rax(regs, size, cur);
+                    regs.rflags &= !(1 << 6);
+                    regs.rip += d.len as u64;
+                    return Ok(());
+                }
+                regs.rflags |= 1 << 6;
+                (merge(size, new)?, None)
+            }
+        };
+        mm!(self).update_entry(entry_addr, new, actor).map_err(|e| PtwrError::Refused(e.name()))?;
+        if let Some((reg, v)) = writeback {
+            set_gpr(regs, reg as usize, v);
+        }
+        self.flush_tlb = true;
+        regs.rip += d.len as u64;
+        Ok(())
     }
 
     fn run_multicall(&mut self, id: DomId, l4: Mfn, list: u64, count: u64) -> Result<u64, Errno> {
@@ -383,12 +723,19 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             .flush(&mut |line| emit_line(console, format_args!("{id}"), line));
         d.state = DomainState::Dead(how);
         let hypercalls = d.hypercalls;
+        let base = d.l4;
         // Nothing runs on its page tables from here on (the arch layer switches away
-        // before returning to any guest), so its frames can go back to the pool.
-        let freed = self.frames.release_domain(id);
+        // before returning to any guest): drop its base pointer and pins (which
+        // devalidates its tables), then give back every frame nobody else references.
+        mm!(self).drop_domain_refs(id, Some(base));
+        self.invalidate_m2p_of(id);
+        let (freed, zombies) = self.frames.release_domain(id);
         log(
             &mut self.console,
-            format_args!("{id} ended: {how}; {freed} frames freed, {hypercalls} hypercalls served"),
+            format_args!(
+                "{id} ended: {how}; {freed} frames freed{}, {hypercalls} hypercalls served",
+                if zombies > 0 { " (some still referenced by other domains)" } else { "" }
+            ),
         );
     }
 
@@ -400,11 +747,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             .as_ref()
             .is_some_and(|d| d.state == DomainState::Runnable);
         if alive && !self.yield_requested {
+            let flush_tlb = core::mem::take(&mut self.flush_tlb);
             let d = self.domains[idx].as_ref().expect("checked above");
-            return Next::Run {
-                l4: d.l4,
-                domid: d.id,
-            };
+            return Next::Run { l4: d.l4, domid: d.id, flush_tlb };
         }
         self.yield_requested = false;
         if alive {
@@ -417,16 +762,14 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
 
     /// Round-robin: the first runnable domain at or after slot `from` (wrapping).
     fn pick_next(&mut self, regs: &mut VcpuRegs, from: usize) -> Next {
+        let flush_tlb = core::mem::take(&mut self.flush_tlb);
         for k in 0..MAX_DOMAINS {
             let i = (from + k) % MAX_DOMAINS;
             if let Some(d) = self.domains[i].as_ref() {
                 if d.state == DomainState::Runnable {
                     *regs = d.regs;
                     self.current = Some(i);
-                    return Next::Run {
-                        l4: d.l4,
-                        domid: d.id,
-                    };
+                    return Next::Run { l4: d.l4, domid: d.id, flush_tlb };
                 }
             }
         }
@@ -452,6 +795,15 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             }
         }
         success &= any && self.build_failures == 0;
+        if let Some(base) = self.baseline_free {
+            let now = self.frames.free_count();
+            if now == base {
+                log(&mut self.console, format_args!("free frames back to the boot baseline ({now})"));
+            } else {
+                success = false;
+                log(&mut self.console, format_args!("LEAK: {now} free frames, baseline {base}"));
+            }
+        }
         if self.build_failures > 0 {
             let _ = write!(
                 summary,
@@ -473,6 +825,55 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             ),
         );
         Next::Exit { success }
+    }
+}
+
+/// Why a write fault was not handled as a page-table write.
+enum PtwrError {
+    /// Not a write to one of the guest's own live L1 tables: an ordinary fault.
+    NotPtwr,
+    /// A page-table write, but refused (bad instruction or an entry that fails validation).
+    Refused(&'static str),
+}
+
+/// GPRs in x86 encoding order (rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15).
+fn gpr_array(r: &VcpuRegs) -> [u64; 16] {
+    [r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15]
+}
+
+fn set_gpr(r: &mut VcpuRegs, index: usize, v: u64) {
+    let slot = match index {
+        0 => &mut r.rax,
+        1 => &mut r.rcx,
+        2 => &mut r.rdx,
+        3 => &mut r.rbx,
+        4 => &mut r.rsp,
+        5 => &mut r.rbp,
+        6 => &mut r.rsi,
+        7 => &mut r.rdi,
+        8 => &mut r.r8,
+        9 => &mut r.r9,
+        10 => &mut r.r10,
+        11 => &mut r.r11,
+        12 => &mut r.r12,
+        13 => &mut r.r13,
+        14 => &mut r.r14,
+        _ => &mut r.r15,
+    };
+    *slot = v;
+}
+
+fn set_rax(r: &mut VcpuRegs, size: u8, v: u64) {
+    // A 32-bit destination zero-extends into the full register.
+    r.rax = if size == 4 { v & 0xffff_ffff } else { v };
+}
+
+/// The `size`-byte part of an entry at byte offset `off` (0 or 4).
+fn old_part(old: u64, off: u64, size: u8) -> u64 {
+    if size == 8 {
+        old
+    } else {
+        (old >> (8 * off)) & 0xffff_ffff
     }
 }
 
@@ -534,10 +935,7 @@ mod tests {
         let mut regs = VcpuRegs::default();
         assert_eq!(
             hv.start(&mut regs),
-            Next::Run {
-                l4: b0.l4,
-                domid: DomId(0)
-            }
+            Next::Run { l4: b0.l4, domid: DomId(0), flush_tlb: false }
         );
         let scratch = GUEST_VIRT_BASE + b0.layout.first_free * 4096;
         (hv, regs, scratch)

@@ -8,6 +8,10 @@
 use abi::hypercall::{
     ConsoleIoCmd, SchedOpCmd, XenVersionCmd, CONSOLE_IO_MAX, MULTICALL_MAX_ENTRIES,
 };
+use abi::mm::{
+    MMU_BATCH_MAX, UVMF_FLUSHTYPE_MASK, XENMEM_CURRENT_RESERVATION, XENMEM_DECREASE_RESERVATION,
+    XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION, XENMEM_POPULATE_PHYSMAP,
+};
 use abi::{Errno, HypercallNr};
 
 /// A decoded hypercall. Guest addresses are still unchecked (`u64`); lengths are bounded.
@@ -50,6 +54,44 @@ pub enum Hypercall {
     },
     /// `domain_id()`.
     DomainId,
+    /// `mmu_update(reqs, count, done, foreigndom)`, `count <= MMU_BATCH_MAX`.
+    MmuUpdate {
+        /// Guest pointer to `count` `MmuUpdate`s.
+        reqs: u64,
+        /// Number of requests.
+        count: u64,
+        /// Guest pointer to a u32 receiving the number done (0: none).
+        done: u64,
+        /// Domain whose frames may be mapped (`DOMID_SELF` normally).
+        foreigndom: u16,
+    },
+    /// `update_va_mapping(va, val, flags)`.
+    UpdateVaMapping {
+        /// Virtual address whose L1 entry changes.
+        va: u64,
+        /// New entry.
+        val: u64,
+        /// `UVMF_*` flush type.
+        flags: u64,
+    },
+    /// `mmuext_op(ops, count, done, foreigndom)`, `count <= MMU_BATCH_MAX`.
+    MmuextOp {
+        /// Guest pointer to `count` `MmuextOp`s.
+        ops: u64,
+        /// Number of operations.
+        count: u64,
+        /// Guest pointer to a u32 receiving the number done (0: none).
+        done: u64,
+        /// Must name the caller.
+        foreigndom: u16,
+    },
+    /// `memory_op(cmd, arg)`.
+    MemoryOp {
+        /// Sub-command (`XENMEM_*`, one of the implemented ones).
+        cmd: u64,
+        /// Guest pointer to the command's argument.
+        arg: u64,
+    },
 }
 
 /// Decodes a hypercall from its number and argument registers (`rdi, rsi, rdx, r10, r8`).
@@ -86,6 +128,32 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             })
         }
         HypercallNr::DomainId => Ok(Hypercall::DomainId),
+        HypercallNr::MmuUpdate | HypercallNr::MmuextOp => {
+            if a[1] > MMU_BATCH_MAX {
+                return Err(Errno::E2BIG);
+            }
+            let foreigndom = u16::try_from(a[3] & 0xffff).map_err(|_| Errno::EINVAL)?;
+            Ok(if nr == HypercallNr::MmuUpdate as u64 {
+                Hypercall::MmuUpdate { reqs: a[0], count: a[1], done: a[2], foreigndom }
+            } else {
+                Hypercall::MmuextOp { ops: a[0], count: a[1], done: a[2], foreigndom }
+            })
+        }
+        HypercallNr::UpdateVaMapping => {
+            if a[2] & !UVMF_FLUSHTYPE_MASK != 0 || a[2] & UVMF_FLUSHTYPE_MASK == 3 {
+                return Err(Errno::EINVAL);
+            }
+            Ok(Hypercall::UpdateVaMapping { va: a[0], val: a[1], flags: a[2] })
+        }
+        HypercallNr::MemoryOp => match a[0] {
+            XENMEM_INCREASE_RESERVATION
+            | XENMEM_DECREASE_RESERVATION
+            | XENMEM_POPULATE_PHYSMAP
+            | XENMEM_CURRENT_RESERVATION
+            | XENMEM_MAXIMUM_RESERVATION
+            | XENMEM_MACHPHYS_MAPPING => Ok(Hypercall::MemoryOp { cmd: a[0], arg: a[1] }),
+            _ => Err(Errno::ENOSYS),
+        },
         // Known to the ABI, implemented by later parts of the hypervisor.
         _ => Err(Errno::ENOSYS),
     }
@@ -137,9 +205,24 @@ mod tests {
 
     #[test]
     fn unknown_and_unimplemented_are_enosys() {
-        for nr in [11, 31, 47, 49, 1000, u64::MAX, 1, 26, 32] {
+        for nr in [11, 31, 47, 49, 1000, u64::MAX, 20, 32] {
             assert_eq!(decode(nr, [0; 5]), Err(Errno::ENOSYS), "nr {nr}");
         }
+    }
+
+    #[test]
+    fn memory_calls() {
+        assert_eq!(decode(1, [0x10, 1025, 0, 0x7ff0, 0]), Err(Errno::E2BIG));
+        assert_eq!(decode(26, [0x10, 1025, 0, 0x7ff0, 0]), Err(Errno::E2BIG));
+        assert_eq!(
+            decode(1, [0x10, 3, 0x20, 0x7ff0, 0]),
+            Ok(Hypercall::MmuUpdate { reqs: 0x10, count: 3, done: 0x20, foreigndom: 0x7ff0 })
+        );
+        assert_eq!(decode(14, [0x1000, 0, 4, 0, 0]), Err(Errno::EINVAL));
+        assert_eq!(decode(14, [0x1000, 0, 3, 0, 0]), Err(Errno::EINVAL));
+        assert_eq!(decode(14, [0x1000, 7, 2, 0, 0]), Ok(Hypercall::UpdateVaMapping { va: 0x1000, val: 7, flags: 2 }));
+        assert_eq!(decode(12, [99, 0, 0, 0, 0]), Err(Errno::ENOSYS));
+        assert_eq!(decode(12, [1, 0x40, 0, 0, 0]), Ok(Hypercall::MemoryOp { cmd: 1, arg: 0x40 }));
     }
 
     proptest! {

@@ -8,7 +8,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`mem`] | the [`mem::MachineMemory`] seam: bounds-checked access to machine frames |
-//! | [`frame_table`] | who owns every machine frame; the frame allocator |
+//! | [`frame_table`] | who owns every machine frame, its type and counts; the frame allocator |
+//! | [`mm`] | direct paging: page types, reference counts, page-table validation |
+//! | [`m2p`] | the global machine-to-physical table, mapped read-only into every guest |
 //! | [`paging`] | x86_64 PTE bits, guest page-table walks, building page tables |
 //! | [`guest_mem`] | the one checked API to copy from/to guest virtual addresses |
 //! | [`hypercall`] | decoding raw registers into typed, validated requests |
@@ -17,6 +19,7 @@
 //! | [`hv`] | the hypervisor proper: hypercall execution, faults, scheduling, shutdown |
 //! | [`console`] | per-domain line buffering and `[dN]` prefixes on the shared console |
 //! | [`pod`] | the single place ABI structs are viewed as bytes |
+//! | [`ptwr_decode`] | decoding the guest store that faulted on a read-only page-table page |
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -27,9 +30,12 @@ pub mod frame_table;
 pub mod guest_mem;
 pub mod hv;
 pub mod hypercall;
+pub mod m2p;
 pub mod mem;
+pub mod mm;
 pub mod paging;
 pub mod pod;
+pub mod ptwr_decode;
 
 #[cfg(target_os = "none")]
 pub mod arch;

@@ -70,6 +70,42 @@ pub fn translate(mem: &impl MachineMemory, l4: Mfn, va: u64, access: Access) -> 
     Err(Errno::EFAULT)
 }
 
+/// Walks the tables rooted at `l4` for `va` without any permission check (hypervisor
+/// internal use: the M2P mapping, tests). Returns (machine address, leaf entry).
+pub fn walk_raw(mem: &impl MachineMemory, l4: Mfn, va: u64) -> Option<(u64, u64)> {
+    let mut table = l4.maddr();
+    for level in (1..=4).rev() {
+        let pte = mem.read_u64(table + 8 * table_index(va, level) as u64)?;
+        if pte & PTE_P == 0 {
+            return None;
+        }
+        let page_bits = 12 + 9 * (level - 1);
+        if level == 1 || ((level == 2 || level == 3) && pte & PTE_PS != 0) {
+            let size_mask = (1u64 << page_bits) - 1;
+            return Some(((pte & PTE_ADDR_MASK & !size_mask) | (va & size_mask), pte));
+        }
+        table = pte & PTE_ADDR_MASK;
+    }
+    None
+}
+
+/// The machine address of the L1 entry that maps `va` in the tree rooted at `l4`: every
+/// upper level must be present (large pages have no L1 entry). `EINVAL` otherwise.
+pub fn l1_entry_maddr(mem: &impl MachineMemory, l4: Mfn, va: u64) -> Result<u64, Errno> {
+    if !abi::layout::is_canonical(va) || abi::layout::is_hypervisor_va(va) {
+        return Err(Errno::EINVAL);
+    }
+    let mut table = l4.maddr();
+    for level in (2..=4).rev() {
+        let pte = mem.read_u64(table + 8 * table_index(va, level) as u64).ok_or(Errno::EINVAL)?;
+        if pte & PTE_P == 0 || pte & PTE_PS != 0 {
+            return Err(Errno::EINVAL);
+        }
+        table = pte & PTE_ADDR_MASK;
+    }
+    Ok(table + 8 * table_index(va, 1) as u64)
+}
+
 /// Writes a mapping of `va` to `target` (flags `flags`) into the tree rooted at `l4`,
 /// creating intermediate tables with `new_table` (which must return a zeroed frame).
 /// Intermediate entries get `P|RW|US`; restrictions live in the leaf.

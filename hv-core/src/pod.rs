@@ -6,6 +6,7 @@
 //! a valid value, which the impls below justify one by one.
 
 use abi::hypercall::{MulticallEntry, SchedShutdown, XenFeatureInfo};
+use abi::mm::{MachphysMapping, MemoryReservation, MmuUpdate, MmuextOp};
 use abi::shared_info::SharedInfo;
 use abi::start_info::StartInfo;
 
@@ -40,6 +41,15 @@ pub unsafe trait Pod: Copy + 'static {
 
 // SAFETY: repr(C) {u64, u64, [u64; 6]}: no padding, all integers.
 unsafe impl Pod for MulticallEntry {}
+// SAFETY: repr(C) {u64, u64}: no padding, integers.
+unsafe impl Pod for MmuUpdate {}
+// SAFETY: repr(C) {u32, u32, u64, u64} (explicit pad field): no padding, integers.
+unsafe impl Pod for MmuextOp {}
+// SAFETY: repr(C) {u64, u64, u32, u32, u16, [u16; 3]} = 32 bytes (asserted in abi): no
+// padding, integers.
+unsafe impl Pod for MemoryReservation {}
+// SAFETY: repr(C) {u64, u64, u64}: no padding, integers.
+unsafe impl Pod for MachphysMapping {}
 // SAFETY: repr(C) {u32}: no padding, integer.
 unsafe impl Pod for SchedShutdown {}
 // SAFETY: repr(C) {u32, u32}: no padding, integers.

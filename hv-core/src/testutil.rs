@@ -58,4 +58,5 @@ pub fn hypervisor(frames: usize) -> Hypervisor<'static, TestMemory, StringConsol
         StringConsole::default(),
         fake_hv_l4e(),
     )
+    .expect("room for the M2P")
 }

@@ -388,7 +388,25 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
             core::ptr::read_volatile((l4 as *const u64).add(abi::layout::HYPERVISOR_L4_FIRST + i))
         };
     }
-    let mut hv = Hypervisor::new(dm, frames, Serial, l4e);
+    let mut hv = match Hypervisor::new(dm, frames, Serial, l4e) {
+        Ok(hv) => hv,
+        Err(e) => {
+            hvlog!("FATAL: cannot set up the M2P table: {e}");
+            exit_qemu(false);
+        }
+    };
+    // The idle page tables get the same hypervisor slots (the M2P in slot 256).
+    for (i, e) in hv.hypervisor_l4e().iter().enumerate() {
+        // SAFETY: writes our own L4's hypervisor slots (a static in the image) with
+        // entries for hypervisor-owned tables; slot 262 (the direct map we run on) is
+        // rewritten with its current value.
+        unsafe { core::ptr::write_volatile((l4 as *mut u64).add(abi::layout::HYPERVISOR_L4_FIRST + i), *e) };
+    }
+    let m2p_entries = hv.m2p().max_mfn;
+    hv.log(format_args!(
+        "M2P: {m2p_entries} entries, read-only at {:#x} in every address space",
+        abi::mm::M2P_VIRT_START
+    ));
 
     if nmods == 0 {
         hvlog!("FATAL: no modules: give dom0 (and guests) with -initrd");
@@ -454,9 +472,10 @@ const GUEST_RFLAGS_MASK: u64 = 0x0024_0dd5 | (1 << 8);
 /// Acts on the hypervisor's decision: load the next guest into `frame` or exit.
 fn resume(frame: &mut TrapFrame, r: &VcpuRegs, next: Next) {
     match next {
-        Next::Run { l4, .. } => {
-            if cpu::cr3() & crate::paging::PTE_ADDR_MASK != l4.maddr() {
-                // SAFETY: every guest L4 was built with the hypervisor's slots copied in.
+        Next::Run { l4, flush_tlb, .. } => {
+            if flush_tlb || cpu::cr3() & crate::paging::PTE_ADDR_MASK != l4.maddr() {
+                // SAFETY: every guest L4 was validated as an L4, which installs the
+                // hypervisor's slots. Reloading CR3 also flushes non-global TLB entries.
                 unsafe { cpu::set_cr3(l4.maddr()) };
             }
             *frame = TrapFrame {
@@ -579,3 +598,20 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     hvlog!("PANIC: {info}");
     exit_qemu(false)
 }
+
+/// The hypervisor has no heap: all its state is static or lives in frames. A dependency
+/// (the instruction decoder) links `alloc` for APIs we do not use; any allocation
+/// attempt fails, which panics and fails the run loudly rather than corrupting memory.
+struct NoHeap;
+
+// SAFETY: `alloc` always reports failure (null), which the GlobalAlloc contract allows;
+// `dealloc` is never called with a pointer this allocator returned (there are none).
+unsafe impl core::alloc::GlobalAlloc for NoHeap {
+    unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
+}
+
+#[global_allocator]
+static NO_HEAP: NoHeap = NoHeap;
