@@ -80,7 +80,12 @@ const _: () = assert!(core::mem::offset_of!(MmuextOp, arg1) == 8);
 impl MmuextOp {
     /// An operation with `cmd` and `arg1`.
     pub const fn new(cmd: u32, arg1: u64) -> Self {
-        MmuextOp { cmd, _pad: 0, arg1, arg2: 0 }
+        MmuextOp {
+            cmd,
+            _pad: 0,
+            arg1,
+            arg2: 0,
+        }
     }
 }
 
@@ -150,7 +155,14 @@ const _: () = assert!(core::mem::size_of::<MemoryReservation>() == 32);
 impl MemoryReservation {
     /// A reservation request for the caller itself.
     pub const fn new(extent_start: u64, nr_extents: u64) -> Self {
-        MemoryReservation { extent_start, nr_extents, extent_order: 0, mem_flags: 0, domid: 0x7FF0, _pad: [0; 3] }
+        MemoryReservation {
+            extent_start,
+            nr_extents,
+            extent_order: 0,
+            mem_flags: 0,
+            domid: 0x7FF0,
+            _pad: [0; 3],
+        }
     }
 }
 

@@ -20,8 +20,8 @@
 
 use crate::frame_table::{FrameTable, Owner};
 use crate::m2p::M2p;
-use crate::mm::{Actor, Mm};
 use crate::mem::MachineMemory;
+use crate::mm::{Actor, Mm};
 use crate::paging::{map_4k, PTE_NX, PTE_RW, PTE_US};
 use crate::pod::Pod;
 use abi::layout::{GUEST_VIRT_BASE, HYPERVISOR_L4_FIRST, HYPERVISOR_L4_LAST};
@@ -374,11 +374,21 @@ pub fn build_domain(
 
     // 6. Type, count and pin the bootstrap tables as the guest would: pin the L4 (which
     //    validates the whole tree) and load it as the base pointer.
-    let actor = Actor { dom: spec.domid, privileged: spec.privileged };
+    let actor = Actor {
+        dom: spec.domid,
+        privileged: spec.privileged,
+    };
     let mut budget = u64::MAX;
-    let mut mm = Mm { frames, mem, hv_l4e: spec.hypervisor_l4e, budget: &mut budget };
-    mm.pin(l4, 4, actor).map_err(|_| BuildError::Internal("bootstrap page tables failed validation"))?;
-    mm.get_base(l4, actor).map_err(|_| BuildError::Internal("bootstrap L4 cannot be loaded"))?;
+    let mut mm = Mm {
+        frames,
+        mem,
+        hv_l4e: spec.hypervisor_l4e,
+        budget: &mut budget,
+    };
+    mm.pin(l4, 4, actor)
+        .map_err(|_| BuildError::Internal("bootstrap page tables failed validation"))?;
+    mm.get_base(l4, actor)
+        .map_err(|_| BuildError::Internal("bootstrap L4 cannot be loaded"))?;
 
     Ok(Built {
         l4,
@@ -458,7 +468,9 @@ mod tests {
             if let Ok(b) = &r {
                 crate::mm::audit(&ft, &mem, &[b.l4]).unwrap();
                 let l4 = ft.info(b.l4).unwrap();
-                assert!(l4.pinned && l4.ptype == crate::frame_table::PageType::L4 && l4.type_count == 2);
+                assert!(
+                    l4.pinned && l4.ptype == crate::frame_table::PageType::L4 && l4.type_count == 2
+                );
                 assert_eq!(m2p.get(&mem, b.l4), b.layout.pt_start);
             }
             if r.is_ok() {

@@ -94,11 +94,19 @@ pub struct FrameInfo {
 
 impl FrameInfo {
     /// The state of every frame before the memory map is read.
-    pub const RESERVED: FrameInfo =
-        FrameInfo { owner: Owner::Reserved, ptype: PageType::None, pinned: false, type_count: 0, ref_count: 0 };
+    pub const RESERVED: FrameInfo = FrameInfo {
+        owner: Owner::Reserved,
+        ptype: PageType::None,
+        pinned: false,
+        type_count: 0,
+        ref_count: 0,
+    };
 
     fn fresh(owner: Owner) -> FrameInfo {
-        FrameInfo { owner, ..FrameInfo::RESERVED }
+        FrameInfo {
+            owner,
+            ..FrameInfo::RESERVED
+        }
     }
 
     /// True if nothing uses the frame.
@@ -143,6 +151,18 @@ impl<'a> FrameTable<'a> {
         FrameTable {
             entries,
             free: 0,
+            hint: 0,
+        }
+    }
+
+    /// Wraps entries that already hold state (host tests that keep the entries between
+    /// operations). Recounts the free frames.
+    #[cfg(test)]
+    pub fn from_existing(entries: &'a mut [FrameInfo]) -> Self {
+        let free = entries.iter().filter(|e| e.owner == Owner::Free).count();
+        FrameTable {
+            entries,
+            free,
             hint: 0,
         }
     }
@@ -290,7 +310,10 @@ impl<'a> FrameTable<'a> {
 
     /// Iterates over `(mfn, info)` for every frame.
     pub fn iter(&self) -> impl Iterator<Item = (Mfn, &FrameInfo)> {
-        self.entries.iter().enumerate().map(|(i, e)| (Mfn(i as u64), e))
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Mfn(i as u64), e))
     }
 
     /// Frames owned by `dom`.

@@ -11,13 +11,17 @@ use crate::builder::{self, BuildError, BuildSpec, Built, HV_L4_SLOTS};
 use crate::console::{emit_line, ConsoleSink};
 use crate::domain::{exception_name, Domain, DomainState, Ending, VcpuRegs};
 use crate::frame_table::FrameTable;
+use crate::frame_table::Owner;
 use crate::guest_mem::GuestMem;
 use crate::hypercall::{decode, Hypercall};
-use crate::frame_table::Owner;
 use crate::m2p::M2p;
 use crate::mem::MachineMemory;
 use crate::mm::{Actor, Mm, VALIDATION_BUDGET};
 use crate::paging;
+use abi::hypercall::{
+    features, MulticallEntry, SchedShutdown, ShutdownReason, XenFeatureInfo, XenVersionCmd,
+    CONSOLE_IO_MAX, VERSION_MAJOR, VERSION_MINOR,
+};
 use abi::mm::{
     MachphysMapping, MemoryReservation, MmuUpdate, MmuextOp, INVALID_M2P_ENTRY, M2P_VIRT_START,
     MMUEXT_INVLPG_LOCAL, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_TLB_FLUSH_LOCAL,
@@ -25,10 +29,6 @@ use abi::mm::{
     UVMF_FLUSHTYPE_MASK, XENMEM_CURRENT_RESERVATION, XENMEM_DECREASE_RESERVATION,
     XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION,
     XENMEM_POPULATE_PHYSMAP,
-};
-use abi::hypercall::{
-    features, MulticallEntry, SchedShutdown, ShutdownReason, XenFeatureInfo, XenVersionCmd,
-    CONSOLE_IO_MAX, VERSION_MAJOR, VERSION_MINOR,
 };
 use abi::start_info::ModuleInfo;
 use abi::{DomId, Errno, HypercallNr, Mfn, PAGE_SIZE};
@@ -110,7 +110,12 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
 /// fields (so domain state stays accessible).
 macro_rules! mm {
     ($hv:expr) => {
-        Mm { frames: &mut $hv.frames, mem: &mut $hv.mem, hv_l4e: &$hv.hypervisor_l4e, budget: &mut $hv.budget }
+        Mm {
+            frames: &mut $hv.frames,
+            mem: &mut $hv.mem,
+            hv_l4e: &$hv.hypervisor_l4e,
+            budget: &mut $hv.budget,
+        }
     };
 }
 
@@ -282,7 +287,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 Err(PtwrError::NotPtwr) => {}
                 Err(PtwrError::Refused(why)) => {
                     if let Some(id) = self.current().map(|d| d.id) {
-                        log(&mut self.console, format_args!("{id} ptwr: write at {:#x} (rip {:#x}) refused: {why}", f.cr2, regs.rip));
+                        log(
+                            &mut self.console,
+                            format_args!(
+                                "{id} ptwr: write at {:#x} (rip {:#x}) refused: {why}",
+                                f.cr2, regs.rip
+                            ),
+                        );
                     }
                 }
             }
@@ -398,14 +409,23 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 r
             }
             Hypercall::DomainId => Ok(u64::from(id.0)),
-            Hypercall::MmuUpdate { reqs, count, done, foreigndom } => {
+            Hypercall::MmuUpdate {
+                reqs,
+                count,
+                done,
+                foreigndom,
+            } => {
                 self.check_foreigndom(foreigndom, id, privileged)?;
-                let actor = Actor { dom: id, privileged };
+                let actor = Actor {
+                    dom: id,
+                    privileged,
+                };
                 let mut n = 0u32;
                 let mut result = Ok(());
                 for i in 0..count {
-                    let r = GuestMem::new(&mut self.mem, l4).read_obj::<MmuUpdate>(reqs + 16 * i).and_then(|req| {
-                        match req.ptr & 3 {
+                    let r = GuestMem::new(&mut self.mem, l4)
+                        .read_obj::<MmuUpdate>(reqs + 16 * i)
+                        .and_then(|req| match req.ptr & 3 {
                             MMU_NORMAL_PT_UPDATE => {
                                 mm!(self).update_entry(req.ptr & !3, req.val, actor)?;
                                 self.flush_tlb = true;
@@ -423,8 +443,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                                 }
                             }
                             _ => Err(Errno::EINVAL),
-                        }
-                    });
+                        });
                     if let Err(e) = r {
                         result = Err(e);
                         break;
@@ -435,7 +454,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 result.map(|()| 0)
             }
             Hypercall::UpdateVaMapping { va, val, flags } => {
-                let actor = Actor { dom: id, privileged };
+                let actor = Actor {
+                    dom: id,
+                    privileged,
+                };
                 let pte = paging::l1_entry_maddr(&self.mem, l4, va)?;
                 if mm!(self).table_level(Mfn::containing(pte), actor)? != Some(1) {
                     return Err(Errno::EINVAL);
@@ -446,9 +468,17 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 self.flush_tlb = true;
                 Ok(0)
             }
-            Hypercall::MmuextOp { ops, count, done, foreigndom } => {
+            Hypercall::MmuextOp {
+                ops,
+                count,
+                done,
+                foreigndom,
+            } => {
                 self.check_foreigndom(foreigndom, id, privileged)?;
-                let actor = Actor { dom: id, privileged };
+                let actor = Actor {
+                    dom: id,
+                    privileged,
+                };
                 let mut n = 0u32;
                 let mut result = Ok(());
                 for i in 0..count {
@@ -482,7 +512,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     }
 
     fn report_done(&mut self, done: u64, n: u32) -> Result<(), Errno> {
-        let Some(l4) = self.current().map(|d| d.l4) else { return Ok(()) };
+        let Some(l4) = self.current().map(|d| d.l4) else {
+            return Ok(());
+        };
         if done != 0 {
             GuestMem::new(&mut self.mem, l4).write(done, &n.to_le_bytes())?;
         }
@@ -496,7 +528,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             c @ 0..=MMUEXT_PIN_L4_TABLE => mm!(self).pin(mfn, c + 1, actor),
             MMUEXT_UNPIN_TABLE => mm!(self).unpin(mfn, actor),
             MMUEXT_NEW_BASEPTR => {
-                let old = self.domains[idx].as_ref().map(|d| d.l4).ok_or(Errno::ESRCH)?;
+                let old = self.domains[idx]
+                    .as_ref()
+                    .map(|d| d.l4)
+                    .ok_or(Errno::ESRCH)?;
                 mm!(self).get_base(mfn, actor)?;
                 mm!(self).put_base(old);
                 if let Some(d) = self.domains[idx].as_mut() {
@@ -519,7 +554,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             let d = self.domains[idx].as_ref().ok_or(Errno::ESRCH)?;
             (d.id, d.l4, d.privileged)
         };
-        let actor = Actor { dom: id, privileged };
+        let actor = Actor {
+            dom: id,
+            privileged,
+        };
         match cmd {
             XENMEM_CURRENT_RESERVATION | XENMEM_MAXIMUM_RESERVATION => {
                 let mut b = [0u8; 2];
@@ -529,8 +567,15 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 if target != id && !privileged {
                     return Err(Errno::EPERM);
                 }
-                let d = self.domain(target).filter(|d| d.state == DomainState::Runnable).ok_or(Errno::ESRCH)?;
-                Ok(if cmd == XENMEM_CURRENT_RESERVATION { d.tot_pages } else { d.max_pages })
+                let d = self
+                    .domain(target)
+                    .filter(|d| d.state == DomainState::Runnable)
+                    .ok_or(Errno::ESRCH)?;
+                Ok(if cmd == XENMEM_CURRENT_RESERVATION {
+                    d.tot_pages
+                } else {
+                    d.max_pages
+                })
             }
             XENMEM_MACHPHYS_MAPPING => {
                 let mapping = MachphysMapping {
@@ -624,9 +669,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             Some(d) => (d.id, d.l4, d.privileged),
             None => return Err(PtwrError::NotPtwr),
         };
-        let actor = Actor { dom: id, privileged };
+        let actor = Actor {
+            dom: id,
+            privileged,
+        };
         // The faulting mapping must be a read-only mapping of one of the guest's live L1s.
-        let pte_of_va = paging::l1_entry_maddr(&self.mem, l4, cr2).map_err(|_| PtwrError::NotPtwr)?;
+        let pte_of_va =
+            paging::l1_entry_maddr(&self.mem, l4, cr2).map_err(|_| PtwrError::NotPtwr)?;
         let leaf = self.mem.read_u64(pte_of_va).ok_or(PtwrError::NotPtwr)?;
         if leaf & paging::PTE_P == 0 || leaf & paging::PTE_RW != 0 {
             return Err(PtwrError::NotPtwr);
@@ -641,20 +690,33 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         let mut n = 0;
         while n < bytes.len() {
             let chunk = (bytes.len() - n).min(4096 - ((regs.rip + n as u64) as usize & 4095));
-            if GuestMem::new(&mut self.mem, l4).read(regs.rip + n as u64, &mut bytes[n..n + chunk]).is_err() {
+            if GuestMem::new(&mut self.mem, l4)
+                .read(regs.rip + n as u64, &mut bytes[n..n + chunk])
+                .is_err()
+            {
                 break;
             }
             n += chunk;
         }
         let gpr = gpr_array(regs);
-        let d = decode_pte_write(&bytes[..n], regs.rip, |g| gpr[g as usize]).map_err(|_| PtwrError::Refused("unsupported instruction"))?;
+        let d = decode_pte_write(&bytes[..n], regs.rip, |g| gpr[g as usize])
+            .map_err(|_| PtwrError::Refused("unsupported instruction"))?;
         let entry_addr = table.maddr() + (cr2 & 0xff8);
         let old = self.mem.read_u64(entry_addr).ok_or(PtwrError::NotPtwr)?;
-        let merge = |size: u8, value: u64| widen(old, cr2 & 7, size, value).ok_or(PtwrError::Refused("misaligned store"));
+        let merge = |size: u8, value: u64| {
+            widen(old, cr2 & 7, size, value).ok_or(PtwrError::Refused("misaligned store"))
+        };
         let (new, writeback) = match d.write {
             PteWrite::Store { size, value } => (merge(size, value)?, None),
-            PteWrite::Xchg { size, value, reg } => (merge(size, value)?, Some((reg, old_part(old, cr2 & 7, size)))),
-            PteWrite::Cmpxchg { size, expected, new } => {
+            PteWrite::Xchg { size, value, reg } => (
+                merge(size, value)?,
+                Some((reg, old_part(old, cr2 & 7, size))),
+            ),
+            PteWrite::Cmpxchg {
+                size,
+                expected,
+                new,
+            } => {
                 let cur = old_part(old, cr2 & 7, size);
                 if cur != expected {
                     // Compare failed: no store; rax gets the current value, ZF clear.
@@ -667,7 +729,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 (merge(size, new)?, None)
             }
         };
-        mm!(self).update_entry(entry_addr, new, actor).map_err(|e| PtwrError::Refused(e.name()))?;
+        mm!(self)
+            .update_entry(entry_addr, new, actor)
+            .map_err(|e| PtwrError::Refused(e.name()))?;
         if let Some((reg, v)) = writeback {
             set_gpr(regs, reg as usize, v);
         }
@@ -734,7 +798,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             &mut self.console,
             format_args!(
                 "{id} ended: {how}; {freed} frames freed{}, {hypercalls} hypercalls served",
-                if zombies > 0 { " (some still referenced by other domains)" } else { "" }
+                if zombies > 0 {
+                    " (some still referenced by other domains)"
+                } else {
+                    ""
+                }
             ),
         );
     }
@@ -749,7 +817,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         if alive && !self.yield_requested {
             let flush_tlb = core::mem::take(&mut self.flush_tlb);
             let d = self.domains[idx].as_ref().expect("checked above");
-            return Next::Run { l4: d.l4, domid: d.id, flush_tlb };
+            return Next::Run {
+                l4: d.l4,
+                domid: d.id,
+                flush_tlb,
+            };
         }
         self.yield_requested = false;
         if alive {
@@ -769,7 +841,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 if d.state == DomainState::Runnable {
                     *regs = d.regs;
                     self.current = Some(i);
-                    return Next::Run { l4: d.l4, domid: d.id, flush_tlb };
+                    return Next::Run {
+                        l4: d.l4,
+                        domid: d.id,
+                        flush_tlb,
+                    };
                 }
             }
         }
@@ -798,10 +874,16 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         if let Some(base) = self.baseline_free {
             let now = self.frames.free_count();
             if now == base {
-                log(&mut self.console, format_args!("free frames back to the boot baseline ({now})"));
+                log(
+                    &mut self.console,
+                    format_args!("free frames back to the boot baseline ({now})"),
+                );
             } else {
                 success = false;
-                log(&mut self.console, format_args!("LEAK: {now} free frames, baseline {base}"));
+                log(
+                    &mut self.console,
+                    format_args!("LEAK: {now} free frames, baseline {base}"),
+                );
             }
         }
         if self.build_failures > 0 {
@@ -838,7 +920,10 @@ enum PtwrError {
 
 /// GPRs in x86 encoding order (rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15).
 fn gpr_array(r: &VcpuRegs) -> [u64; 16] {
-    [r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15]
+    [
+        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ]
 }
 
 fn set_gpr(r: &mut VcpuRegs, index: usize, v: u64) {
@@ -935,7 +1020,11 @@ mod tests {
         let mut regs = VcpuRegs::default();
         assert_eq!(
             hv.start(&mut regs),
-            Next::Run { l4: b0.l4, domid: DomId(0), flush_tlb: false }
+            Next::Run {
+                l4: b0.l4,
+                domid: DomId(0),
+                flush_tlb: false
+            }
         );
         let scratch = GUEST_VIRT_BASE + b0.layout.first_free * 4096;
         (hv, regs, scratch)

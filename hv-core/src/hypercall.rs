@@ -10,7 +10,8 @@ use abi::hypercall::{
 };
 use abi::mm::{
     MMU_BATCH_MAX, UVMF_FLUSHTYPE_MASK, XENMEM_CURRENT_RESERVATION, XENMEM_DECREASE_RESERVATION,
-    XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION, XENMEM_POPULATE_PHYSMAP,
+    XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION,
+    XENMEM_POPULATE_PHYSMAP,
 };
 use abi::{Errno, HypercallNr};
 
@@ -134,16 +135,30 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             }
             let foreigndom = u16::try_from(a[3] & 0xffff).map_err(|_| Errno::EINVAL)?;
             Ok(if nr == HypercallNr::MmuUpdate as u64 {
-                Hypercall::MmuUpdate { reqs: a[0], count: a[1], done: a[2], foreigndom }
+                Hypercall::MmuUpdate {
+                    reqs: a[0],
+                    count: a[1],
+                    done: a[2],
+                    foreigndom,
+                }
             } else {
-                Hypercall::MmuextOp { ops: a[0], count: a[1], done: a[2], foreigndom }
+                Hypercall::MmuextOp {
+                    ops: a[0],
+                    count: a[1],
+                    done: a[2],
+                    foreigndom,
+                }
             })
         }
         HypercallNr::UpdateVaMapping => {
             if a[2] & !UVMF_FLUSHTYPE_MASK != 0 || a[2] & UVMF_FLUSHTYPE_MASK == 3 {
                 return Err(Errno::EINVAL);
             }
-            Ok(Hypercall::UpdateVaMapping { va: a[0], val: a[1], flags: a[2] })
+            Ok(Hypercall::UpdateVaMapping {
+                va: a[0],
+                val: a[1],
+                flags: a[2],
+            })
         }
         HypercallNr::MemoryOp => match a[0] {
             XENMEM_INCREASE_RESERVATION
@@ -151,7 +166,10 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             | XENMEM_POPULATE_PHYSMAP
             | XENMEM_CURRENT_RESERVATION
             | XENMEM_MAXIMUM_RESERVATION
-            | XENMEM_MACHPHYS_MAPPING => Ok(Hypercall::MemoryOp { cmd: a[0], arg: a[1] }),
+            | XENMEM_MACHPHYS_MAPPING => Ok(Hypercall::MemoryOp {
+                cmd: a[0],
+                arg: a[1],
+            }),
             _ => Err(Errno::ENOSYS),
         },
         // Known to the ABI, implemented by later parts of the hypervisor.
@@ -216,13 +234,28 @@ mod tests {
         assert_eq!(decode(26, [0x10, 1025, 0, 0x7ff0, 0]), Err(Errno::E2BIG));
         assert_eq!(
             decode(1, [0x10, 3, 0x20, 0x7ff0, 0]),
-            Ok(Hypercall::MmuUpdate { reqs: 0x10, count: 3, done: 0x20, foreigndom: 0x7ff0 })
+            Ok(Hypercall::MmuUpdate {
+                reqs: 0x10,
+                count: 3,
+                done: 0x20,
+                foreigndom: 0x7ff0
+            })
         );
         assert_eq!(decode(14, [0x1000, 0, 4, 0, 0]), Err(Errno::EINVAL));
         assert_eq!(decode(14, [0x1000, 0, 3, 0, 0]), Err(Errno::EINVAL));
-        assert_eq!(decode(14, [0x1000, 7, 2, 0, 0]), Ok(Hypercall::UpdateVaMapping { va: 0x1000, val: 7, flags: 2 }));
+        assert_eq!(
+            decode(14, [0x1000, 7, 2, 0, 0]),
+            Ok(Hypercall::UpdateVaMapping {
+                va: 0x1000,
+                val: 7,
+                flags: 2
+            })
+        );
         assert_eq!(decode(12, [99, 0, 0, 0, 0]), Err(Errno::ENOSYS));
-        assert_eq!(decode(12, [1, 0x40, 0, 0, 0]), Ok(Hypercall::MemoryOp { cmd: 1, arg: 0x40 }));
+        assert_eq!(
+            decode(12, [1, 0x40, 0, 0, 0]),
+            Ok(Hypercall::MemoryOp { cmd: 1, arg: 0x40 })
+        );
     }
 
     proptest! {

@@ -26,8 +26,14 @@ impl M2p {
     pub fn new(mem: &mut impl MachineMemory, frames: &mut FrameTable<'_>) -> Result<M2p, Errno> {
         let max_mfn = frames.len() as u64;
         let n = (max_mfn * 8).div_ceil(PAGE_SIZE as u64).max(1);
-        let base = frames.alloc_contiguous(Owner::Hypervisor, n as usize).map_err(Errno::from)?;
-        let m2p = M2p { base, frames: n, max_mfn };
+        let base = frames
+            .alloc_contiguous(Owner::Hypervisor, n as usize)
+            .map_err(Errno::from)?;
+        let m2p = M2p {
+            base,
+            frames: n,
+            max_mfn,
+        };
         let invalid = [0xffu8; 512];
         for f in 0..n {
             for k in 0..8 {
@@ -57,7 +63,9 @@ impl M2p {
 
     /// `M2P[mfn]`.
     pub fn get(&self, mem: &impl MachineMemory, mfn: Mfn) -> u64 {
-        self.slot(mfn).and_then(|a| mem.read_u64(a)).unwrap_or(INVALID_M2P_ENTRY)
+        self.slot(mfn)
+            .and_then(|a| mem.read_u64(a))
+            .unwrap_or(INVALID_M2P_ENTRY)
     }
 
     /// One past the last virtual address of the guest-visible table.
@@ -68,7 +76,11 @@ impl M2p {
     /// Builds page tables mapping the table read-only and user-accessible at
     /// `M2P_VIRT_START`; returns the L4 entry for slot 256. Tables come from `frames`
     /// (owned by the hypervisor) and are never writable by guests.
-    pub fn build_mapping(&self, mem: &mut impl MachineMemory, frames: &mut FrameTable<'_>) -> Result<u64, Errno> {
+    pub fn build_mapping(
+        &self,
+        mem: &mut impl MachineMemory,
+        frames: &mut FrameTable<'_>,
+    ) -> Result<u64, Errno> {
         let mut alloc = || frames.alloc(Owner::Hypervisor).map_err(Errno::from);
         let l3 = alloc()?;
         mem.zero_frame(l3);
@@ -100,7 +112,10 @@ impl M2p {
             };
             // Read-only at the leaf: guests read the M2P, only the hypervisor writes it
             // (through its direct map).
-            mem.write_u64(l1m.maddr() + 8 * i1, Mfn(self.base.0 + f).maddr() | PTE_P | PTE_US | PTE_NX);
+            mem.write_u64(
+                l1m.maddr() + 8 * i1,
+                Mfn(self.base.0 + f).maddr() | PTE_P | PTE_US | PTE_NX,
+            );
         }
         Ok(l3.maddr() | PTE_P | PTE_RW | PTE_US)
     }
@@ -130,7 +145,11 @@ mod tests {
         // The guest-side walk refuses hypervisor addresses outright; check the mapping
         // itself by walking without that filter.
         let va = M2P_VIRT_START + 600 * 8;
-        assert_eq!(translate(&mem, l4, va, Access::Read), Err(Errno::EFAULT), "guest_mem never touches it");
+        assert_eq!(
+            translate(&mem, l4, va, Access::Read),
+            Err(Errno::EFAULT),
+            "guest_mem never touches it"
+        );
         let pa = crate::paging::walk_raw(&mem, l4, va).unwrap();
         assert_eq!(mem.read_u64(pa.0), Some(42));
         assert_eq!(pa.1 & PTE_RW, 0, "leaf is read-only");

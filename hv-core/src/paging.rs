@@ -97,7 +97,9 @@ pub fn l1_entry_maddr(mem: &impl MachineMemory, l4: Mfn, va: u64) -> Result<u64,
     }
     let mut table = l4.maddr();
     for level in (2..=4).rev() {
-        let pte = mem.read_u64(table + 8 * table_index(va, level) as u64).ok_or(Errno::EINVAL)?;
+        let pte = mem
+            .read_u64(table + 8 * table_index(va, level) as u64)
+            .ok_or(Errno::EINVAL)?;
         if pte & PTE_P == 0 || pte & PTE_PS != 0 {
             return Err(Errno::EINVAL);
         }

@@ -217,6 +217,7 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         cpu::set_cr3(l4 - DIRECTMAP_BASE);
     }
     tables::init();
+    heap_init();
     remap_and_mask_pics();
     if cpu::rdmsr(0xC000_0080) & (1 << 11) == 0 {
         hvlog!("FATAL: the CPU lacks NX (no-execute pages); use -cpu max or a newer model");
@@ -400,7 +401,12 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         // SAFETY: writes our own L4's hypervisor slots (a static in the image) with
         // entries for hypervisor-owned tables; slot 262 (the direct map we run on) is
         // rewritten with its current value.
-        unsafe { core::ptr::write_volatile((l4 as *mut u64).add(abi::layout::HYPERVISOR_L4_FIRST + i), *e) };
+        unsafe {
+            core::ptr::write_volatile(
+                (l4 as *mut u64).add(abi::layout::HYPERVISOR_L4_FIRST + i),
+                *e,
+            )
+        };
     }
     let m2p_entries = hv.m2p().max_mfn;
     hv.log(format_args!(
@@ -599,19 +605,25 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit_qemu(false)
 }
 
-/// The hypervisor has no heap: all its state is static or lives in frames. A dependency
-/// (the instruction decoder) links `alloc` for APIs we do not use; any allocation
-/// attempt fails, which panics and fails the run loudly rather than corrupting memory.
-struct NoHeap;
+/// The hypervisor keeps its own state static or in frames; the only heap user is the
+/// instruction decoder (writable page tables), which builds its tables once. It gets a
+/// small fixed heap inside the image, warmed up at boot so no guest-triggered path
+/// allocates for the first time. Exhaustion fails the allocation, which panics and fails
+/// the run loudly.
+const HEAP_SIZE: usize = 512 * 1024;
 
-// SAFETY: `alloc` always reports failure (null), which the GlobalAlloc contract allows;
-// `dealloc` is never called with a pointer this allocator returned (there are none).
-unsafe impl core::alloc::GlobalAlloc for NoHeap {
-    unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
-        core::ptr::null_mut()
-    }
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
-}
+#[repr(align(4096))]
+struct HeapArea(core::cell::UnsafeCell<[u8; HEAP_SIZE]>);
+// SAFETY: handed to the allocator exactly once (in `heap_init`), never accessed otherwise.
+unsafe impl Sync for HeapArea {}
+static HEAP_AREA: HeapArea = HeapArea(core::cell::UnsafeCell::new([0; HEAP_SIZE]));
 
 #[global_allocator]
-static NO_HEAP: NoHeap = NoHeap;
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+fn heap_init() {
+    // SAFETY: called once at boot; HEAP_AREA is a static region used for nothing else.
+    unsafe { HEAP.lock().init(HEAP_AREA.0.get().cast::<u8>(), HEAP_SIZE) };
+    // Build the decoder's tables now.
+    let _ = crate::ptwr_decode::decode_pte_write(&[0x48, 0x89, 0x07], 0, |_| 0);
+}
