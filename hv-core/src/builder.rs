@@ -198,6 +198,14 @@ fn parse_elf(
     Ok((entry, segs, image_pages))
 }
 
+/// Pages of image a kernel occupies (tests).
+#[cfg(test)]
+pub fn tests_image_pages(img: &[u8]) -> u64 {
+    parse_elf(img, MAX_DOMAIN_PAGES)
+        .map(|(_, _, n)| n)
+        .unwrap_or(0)
+}
+
 /// Computes the start-of-day layout for `image_pages` of kernel and `nr_pages` total.
 pub fn layout(image_pages: u64, nr_pages: u64) -> Result<Layout, BuildError> {
     if nr_pages > MAX_DOMAIN_PAGES {

@@ -1311,4 +1311,282 @@ mod tests {
         let mut regs = VcpuRegs::default();
         assert_eq!(hv.start(&mut regs), Next::Exit { success: false });
     }
+
+    /// Layout facts of the test domains (both built identically).
+    fn layout() -> builder::Layout {
+        let elf = tiny_elf(b"\x90", 0);
+        builder::layout(builder::tests_image_pages(&elf), 256).unwrap()
+    }
+
+    fn p2m(hv: &mut Hv, pfn: u64) -> u64 {
+        let lay = layout();
+        let v = peek(hv, GUEST_VIRT_BASE + lay.p2m_start * 4096 + pfn * 8, 8);
+        u64::from_le_bytes(v.try_into().unwrap())
+    }
+
+    fn mmu_req(ptr: u64, val: u64) -> Vec<u8> {
+        let mut v = ptr.to_le_bytes().to_vec();
+        v.extend_from_slice(&val.to_le_bytes());
+        v
+    }
+
+    const RO: u64 = paging::PTE_P | paging::PTE_US;
+    const RW: u64 = RO | paging::PTE_RW;
+
+    #[test]
+    fn mmu_update_batches_stop_at_the_first_failure() {
+        let (mut hv, mut regs, s) = two_domains();
+        let lay = layout();
+        let first_l1 = p2m(&mut hv, lay.pt_start + 3);
+        let free = lay.first_free;
+        let own = p2m(&mut hv, free + 10);
+        let reqs = s + 8 * 4096; // a free page
+        let mut batch = mmu_req(first_l1 * 4096 + 8 * (free + 20), (own << 12) | RO);
+        batch.extend(mmu_req(first_l1 * 4096 + 8 * (free + 21), (own << 12) | RO));
+        batch.extend(mmu_req(
+            first_l1 * 4096 + 8 * (free + 22),
+            (first_l1 << 12) | RW,
+        )); // table writable
+        poke(&mut hv, reqs, &batch);
+        let done = s + 9 * 4096;
+        let (r, next) = call(&mut hv, &mut regs, 1, [reqs, 3, done, 0x7ff0, 0]);
+        assert_eq!(r, Errno::EINVAL.to_ret());
+        assert!(matches!(
+            next,
+            Next::Run {
+                flush_tlb: true,
+                ..
+            }
+        ));
+        assert_eq!(peek(&mut hv, done, 4), 2u32.to_le_bytes());
+        // Both successful updates are live: pfn free+20 now shows frame `own`.
+        poke(&mut hv, GUEST_VIRT_BASE + (free + 10) * 4096, b"shared");
+        assert_eq!(
+            peek(&mut hv, GUEST_VIRT_BASE + (free + 20) * 4096, 6),
+            b"shared"
+        );
+        let l4 = hv.current().unwrap().l4;
+        crate::mm::audit(&hv.frames, &hv.mem, &[l4, hv.domain(DomId(1)).unwrap().l4]).unwrap();
+        // Batches over the limit, and foreign domains for an unprivileged caller.
+        assert_eq!(
+            call(&mut hv, &mut regs, 1, [reqs, 1025, 0, 0x7ff0, 0]).0,
+            Errno::E2BIG.to_ret()
+        );
+        assert_eq!(
+            call(&mut hv, &mut regs, 29, [0; 5]).1,
+            Next::Run {
+                l4: hv.domain(DomId(1)).unwrap().l4,
+                domid: DomId(1),
+                flush_tlb: false
+            }
+        );
+        assert_eq!(
+            call(&mut hv, &mut regs, 1, [reqs, 1, 0, 0, 0]).0,
+            Errno::EPERM.to_ret(),
+            "d1 naming dom0"
+        );
+    }
+
+    #[test]
+    fn a_batch_straddling_an_unmapped_page_reports_how_far_it_got() {
+        let (mut hv, mut regs, s) = two_domains();
+        let lay = layout();
+        let first_l1 = p2m(&mut hv, lay.pt_start + 3);
+        let free = lay.first_free;
+        let own = p2m(&mut hv, free + 10);
+        // Unmap the page after `page` so the third request straddles into it.
+        let page = s + 4 * 4096;
+        assert_eq!(call(&mut hv, &mut regs, 14, [page + 4096, 0, 2, 0, 0]).0, 0);
+        let reqs = page + 4096 - 40; // 2 whole requests, the 3rd crosses the boundary
+        let mut batch = mmu_req(first_l1 * 4096 + 8 * (free + 30), (own << 12) | RO);
+        batch.extend(mmu_req(first_l1 * 4096 + 8 * (free + 31), (own << 12) | RO));
+        batch.extend_from_slice(&[0u8; 8]);
+        poke(&mut hv, reqs, &batch);
+        let (r, _) = call(&mut hv, &mut regs, 1, [reqs, 3, s, 0x7ff0, 0]);
+        assert_eq!(r, Errno::EFAULT.to_ret());
+        assert_eq!(peek(&mut hv, s, 4), 2u32.to_le_bytes());
+    }
+
+    #[test]
+    fn ballooning_down_and_up() {
+        let (mut hv, mut regs, s) = two_domains();
+        let lay = layout();
+        let pfn = lay.first_free + 40;
+        let mfn = p2m(&mut hv, pfn);
+        let arg = s + 4096;
+        let list = s + 2 * 4096;
+        let mut res = Vec::new();
+        res.extend_from_slice(&list.to_le_bytes());
+        res.extend_from_slice(&1u64.to_le_bytes());
+        res.extend_from_slice(&[0; 8]);
+        res.extend_from_slice(&0x7ff0u16.to_le_bytes());
+        res.extend_from_slice(&[0; 6]);
+        poke(&mut hv, arg, &res);
+        poke(&mut hv, list, &mfn.to_le_bytes());
+        poke(&mut hv, s, &0x7ff0u16.to_le_bytes());
+        assert_eq!(call(&mut hv, &mut regs, 12, [3, s, 0, 0, 0]).0, 256);
+        // Still mapped by the start-of-day tables: refused.
+        assert_eq!(
+            call(&mut hv, &mut regs, 12, [1, arg, 0, 0, 0]).0,
+            Errno::EBUSY.to_ret()
+        );
+        assert_eq!(
+            call(
+                &mut hv,
+                &mut regs,
+                14,
+                [GUEST_VIRT_BASE + pfn * 4096, 0, 1, 0, 0]
+            )
+            .0,
+            0
+        );
+        assert_eq!(call(&mut hv, &mut regs, 12, [1, arg, 0, 0, 0]).0, 1);
+        assert_eq!(call(&mut hv, &mut regs, 12, [3, s, 0, 0, 0]).0, 255);
+        assert_eq!(hv.m2p().get(&hv.mem, Mfn(mfn)), INVALID_M2P_ENTRY);
+        // Up again: a new frame, zeroed, owned by d0, reported in the list.
+        assert_eq!(call(&mut hv, &mut regs, 12, [0, arg, 0, 0, 0]).0, 1);
+        let new = u64::from_le_bytes(peek(&mut hv, list, 8).try_into().unwrap());
+        assert_eq!(hv.frames.owner(Mfn(new)), Some(Owner::Domain(DomId(0))));
+        assert_eq!(call(&mut hv, &mut regs, 12, [3, s, 0, 0, 0]).0, 256);
+        // At the maximum: no more.
+        assert_eq!(
+            call(&mut hv, &mut regs, 12, [0, arg, 0, 0, 0]).0,
+            Errno::ENOMEM.to_ret()
+        );
+        // Map it back and record it in the M2P.
+        assert_eq!(
+            call(
+                &mut hv,
+                &mut regs,
+                14,
+                [GUEST_VIRT_BASE + pfn * 4096, (new << 12) | RW, 1, 0, 0]
+            )
+            .0,
+            0
+        );
+        poke(&mut hv, s + 64, &mmu_req((new << 12) | 1, pfn));
+        assert_eq!(call(&mut hv, &mut regs, 1, [s + 64, 1, 0, 0x7ff0, 0]).0, 0);
+        assert_eq!(hv.m2p().get(&hv.mem, Mfn(new)), pfn);
+        // Another domain's frame cannot be given back or recorded.
+        let other = hv.domain(DomId(1)).unwrap().l4.0;
+        poke(&mut hv, list, &other.to_le_bytes());
+        assert_eq!(
+            call(&mut hv, &mut regs, 12, [1, arg, 0, 0, 0]).0,
+            Errno::EPERM.to_ret()
+        );
+        poke(&mut hv, s + 64, &mmu_req((other << 12) | 1, 5));
+        assert_eq!(
+            call(&mut hv, &mut regs, 1, [s + 64, 1, 0, 0x7ff0, 0]).0,
+            Errno::EPERM.to_ret()
+        );
+        // And everything is still consistent; both domains end with no leak.
+        let bases = [hv.current().unwrap().l4, hv.domain(DomId(1)).unwrap().l4];
+        crate::mm::audit(&hv.frames, &hv.mem, &bases).unwrap();
+        poke(&mut hv, s, &0u32.to_le_bytes());
+        call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
+        poke(&mut hv, s, &0u32.to_le_bytes());
+        assert_eq!(
+            call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]).1,
+            Next::Exit { success: true }
+        );
+        assert!(hv
+            .console
+            .out
+            .contains("free frames back to the boot baseline"));
+    }
+
+    #[test]
+    fn writable_page_tables_emulate_a_store_and_refuse_a_bad_one() {
+        let (mut hv, mut regs, s) = two_domains();
+        let lay = layout();
+        let free = lay.first_free;
+        let own = p2m(&mut hv, free + 10);
+        let l1_va = GUEST_VIRT_BASE + (lay.pt_start + 3) * 4096; // read-only mapping of the first L1
+        let code = s + 4096;
+        poke(&mut hv, code, &[0x48, 0x89, 0x37, 0x90]); // mov [rdi], rsi ; nop
+        regs.rip = code;
+        let target = l1_va + 8 * (free + 50);
+        regs.rdi = target;
+        regs.rsi = (own << 12) | RO;
+        let next = hv.guest_fault(
+            &mut regs,
+            GuestFault {
+                vector: 14,
+                error_code: 7,
+                cr2: target,
+            },
+        );
+        assert!(matches!(
+            next,
+            Next::Run {
+                domid: DomId(0),
+                flush_tlb: true,
+                ..
+            }
+        ));
+        assert_eq!(regs.rip, code + 3);
+        poke(&mut hv, GUEST_VIRT_BASE + (free + 10) * 4096, b"via ptwr");
+        assert_eq!(
+            peek(&mut hv, GUEST_VIRT_BASE + (free + 50) * 4096, 8),
+            b"via ptwr"
+        );
+        // lock cmpxchg [rdi], rsi with a stale rax: no store, rax gets the entry, ZF clear.
+        poke(&mut hv, code, &[0xf0, 0x48, 0x0f, 0xb1, 0x37]);
+        regs.rip = code;
+        regs.rax = 0x1234;
+        regs.rsi = 0;
+        hv.guest_fault(
+            &mut regs,
+            GuestFault {
+                vector: 14,
+                error_code: 7,
+                cr2: target,
+            },
+        );
+        assert_eq!(regs.rax & !0xfff, own << 12);
+        assert_eq!(regs.rflags & (1 << 6), 0);
+        // With the right rax the entry is cleared.
+        regs.rip = code;
+        let cur = regs.rax;
+        hv.guest_fault(
+            &mut regs,
+            GuestFault {
+                vector: 14,
+                error_code: 7,
+                cr2: target,
+            },
+        );
+        assert_ne!(regs.rflags & (1 << 6), 0);
+        assert_eq!(regs.rip, code + 5);
+        let _ = cur;
+        let l4 = hv.current().unwrap().l4;
+        crate::mm::audit(&hv.frames, &hv.mem, &[l4, hv.domain(DomId(1)).unwrap().l4]).unwrap();
+        // A store that would map the L1 itself writable is refused: the domain dies.
+        poke(&mut hv, code, &[0x48, 0x89, 0x37]);
+        regs.rip = code;
+        let l1_mfn = p2m(&mut hv, lay.pt_start + 3);
+        regs.rsi = (l1_mfn << 12) | RW;
+        let next = hv.guest_fault(
+            &mut regs,
+            GuestFault {
+                vector: 14,
+                error_code: 7,
+                cr2: target,
+            },
+        );
+        assert!(matches!(
+            next,
+            Next::Run {
+                domid: DomId(1),
+                ..
+            }
+        ));
+        assert!(
+            hv.console.out.contains("d0 ptwr: write at"),
+            "{}",
+            hv.console.out
+        );
+        assert!(hv.console.out.contains("refused: EINVAL"));
+        assert!(hv.console.out.contains("d0 crashed: vector 14"));
+    }
 }
