@@ -30,7 +30,7 @@ use abi::mm::{
     XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION,
     XENMEM_POPULATE_PHYSMAP,
 };
-use abi::start_info::ModuleInfo;
+use abi::start_info::{cstr, set_cstr, ModuleInfo, MAX_MODULES};
 use abi::{DomId, Errno, HypercallNr, Mfn, PAGE_SIZE};
 use core::fmt::Write;
 
@@ -77,13 +77,23 @@ pub enum Next {
 }
 
 /// A boot module the arch layer found, to be turned into a domain.
-pub struct DomainConfig<'a> {
-    /// ELF image bytes.
-    pub kernel: &'a [u8],
-    /// Command line (without the file name).
-    pub cmdline: &'a str,
+pub struct DomainConfig<'k, 'c> {
+    /// ELF image bytes (kept for restarts).
+    pub kernel: &'k [u8],
+    /// Command line (without the file name; copied).
+    pub cmdline: &'c str,
     /// Memory in pages.
     pub nr_pages: u64,
+}
+
+/// How to (re)build a domain.
+#[derive(Clone, Copy)]
+struct Recipe<'f> {
+    id: DomId,
+    kernel: &'f [u8],
+    cmdline: [u8; 256],
+    nr_pages: u64,
+    generation: u32,
 }
 
 /// The whole hypervisor state.
@@ -104,6 +114,12 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     budget: u64,
     flush_tlb: bool,
     baseline_free: Option<usize>,
+    recipes: [Option<Recipe<'f>>; MAX_DOMAINS],
+    max_restarts: u32,
+    discard_regs: bool,
+    switch_to_idle: fn(),
+    modules: [ModuleInfo; MAX_MODULES],
+    nr_modules: usize,
 }
 
 /// Page-type operations over the hypervisor's frames and memory, borrowing only those
@@ -145,6 +161,12 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             budget: VALIDATION_BUDGET,
             flush_tlb: false,
             baseline_free: None,
+            recipes: [None; MAX_DOMAINS],
+            max_restarts: 0,
+            discard_regs: false,
+            switch_to_idle: || {},
+            modules: [ModuleInfo::EMPTY; MAX_MODULES],
+            nr_modules: 0,
         })
     }
 
@@ -175,29 +197,76 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
 
     /// Builds domain `domid` from `cfg`. Domain 0 is privileged and receives `modules`.
     /// A failed build releases every frame it took and is logged; other domains are
-    /// unaffected.
+    /// unaffected. The recipe is kept so the domain can be restarted after
+    /// `shutdown(reboot)` (see [`Self::set_max_restarts`]).
     pub fn create_domain(
         &mut self,
         domid: DomId,
-        cfg: &DomainConfig<'_>,
+        cfg: &DomainConfig<'f, '_>,
         modules: &[ModuleInfo],
     ) -> Result<Built, BuildError> {
         let slot = self
             .domains
             .iter()
-            .position(|d| d.is_none())
+            .zip(self.recipes.iter())
+            .position(|(d, r)| d.is_none() && r.is_none())
             .ok_or(BuildError::Internal("too many domains"))?;
-        let privileged = domid == DomId::DOM0;
         if self.baseline_free.is_none() {
             self.baseline_free = Some(self.frames.free_count());
+        }
+        if domid == DomId::DOM0 {
+            let n = modules.len().min(MAX_MODULES);
+            self.modules[..n].copy_from_slice(&modules[..n]);
+            self.nr_modules = n;
+        }
+        let mut cmdline = [0u8; 256];
+        set_cstr(&mut cmdline, cfg.cmdline);
+        self.recipes[slot] = Some(Recipe {
+            id: domid,
+            kernel: cfg.kernel,
+            cmdline,
+            nr_pages: cfg.nr_pages,
+            generation: 0,
+        });
+        self.build_into(slot)
+    }
+
+    /// Sets how to leave a dying domain's page tables before they are freed (the arch
+    /// layer loads the idle page tables; frames freed here may be reused at once).
+    pub fn set_idle_switch(&mut self, f: fn()) {
+        self.switch_to_idle = f;
+    }
+
+    /// Lets a domain that shuts down with reason `reboot` be rebuilt up to `n` times
+    /// (Xen's `on_reboot = "restart"`). Each new instance gets `generation=<k>` appended
+    /// to its command line.
+    pub fn set_max_restarts(&mut self, n: u32) {
+        self.max_restarts = n;
+    }
+
+    /// Builds (or rebuilds) the domain described by `recipes[slot]` into `domains[slot]`.
+    fn build_into(&mut self, slot: usize) -> Result<Built, BuildError> {
+        let Some(recipe) = self.recipes[slot] else {
+            return Err(BuildError::Internal("no recipe"));
+        };
+        let domid = recipe.id;
+        let privileged = domid == DomId::DOM0;
+        let mut cmdbuf = ArgBuf::new();
+        let _ = cmdbuf.write_str(cstr(&recipe.cmdline));
+        if recipe.generation > 0 {
+            let _ = write!(cmdbuf, " generation={}", recipe.generation);
         }
         let spec = BuildSpec {
             domid,
             privileged,
-            kernel: cfg.kernel,
-            nr_pages: cfg.nr_pages,
-            cmdline: cfg.cmdline,
-            modules: if privileged { modules } else { &[] },
+            kernel: recipe.kernel,
+            nr_pages: recipe.nr_pages,
+            cmdline: cmdbuf.as_str(),
+            modules: if privileged {
+                &self.modules[..self.nr_modules]
+            } else {
+                &[]
+            },
             hypervisor_l4e: &self.hypervisor_l4e,
         };
         let built = match builder::build_domain(&mut self.mem, &mut self.frames, &self.m2p, &spec) {
@@ -207,6 +276,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 self.invalidate_m2p_of(domid);
                 let (freed, _) = self.frames.release_domain(domid);
                 self.build_failures += 1;
+                self.recipes[slot] = None;
+                self.domains[slot] = None;
                 log(
                     &mut self.console,
                     format_args!("{domid}: build failed: {e:?} ({freed} frames released)"),
@@ -225,9 +296,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             id: domid,
             privileged,
             l4: built.l4,
-            nr_pages: cfg.nr_pages,
-            tot_pages: cfg.nr_pages,
-            max_pages: cfg.nr_pages,
+            nr_pages: recipe.nr_pages,
+            tot_pages: recipe.nr_pages,
+            max_pages: recipe.nr_pages,
             shared_info: built.shared_info,
             regs,
             state: DomainState::Runnable,
@@ -239,11 +310,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             format_args!(
                 "{domid}: built{} {} MiB, entry {:#x}, l4 {:?}, start_info {:#x}, cmdline \"{}\"",
                 if privileged { " (privileged)" } else { "" },
-                (cfg.nr_pages * PAGE_SIZE as u64) >> 20,
+                (recipe.nr_pages * PAGE_SIZE as u64) >> 20,
                 built.entry,
                 built.l4,
                 built.start_info_va,
-                cfg.cmdline
+                cmdbuf.as_str()
             ),
         );
         Ok(built)
@@ -791,6 +862,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         // Nothing runs on its page tables from here on (the arch layer switches away
         // before returning to any guest): drop its base pointer and pins (which
         // devalidates its tables), then give back every frame nobody else references.
+        (self.switch_to_idle)();
         mm!(self).drop_domain_refs(id, Some(base));
         self.invalidate_m2p_of(id);
         let (freed, zombies) = self.frames.release_domain(id);
@@ -805,6 +877,20 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 }
             ),
         );
+        if how == Ending::Shutdown(ShutdownReason::Reboot) {
+            let max = self.max_restarts;
+            if let Some(r) = self.recipes[idx].as_mut().filter(|r| r.generation < max) {
+                r.generation += 1;
+                let g = r.generation;
+                log(
+                    &mut self.console,
+                    format_args!("{id} restarting (generation {g})"),
+                );
+                // The trapped registers belong to the old instance: never resume them.
+                self.discard_regs = true;
+                let _ = self.build_into(idx);
+            }
+        }
     }
 
     fn after_trap(&mut self, regs: &mut VcpuRegs) -> Next {
@@ -814,7 +900,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         let alive = self.domains[idx]
             .as_ref()
             .is_some_and(|d| d.state == DomainState::Runnable);
-        if alive && !self.yield_requested {
+        let discard = core::mem::take(&mut self.discard_regs);
+        if alive && !self.yield_requested && !discard {
             let flush_tlb = core::mem::take(&mut self.flush_tlb);
             let d = self.domains[idx].as_ref().expect("checked above");
             return Next::Run {
@@ -824,7 +911,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             };
         }
         self.yield_requested = false;
-        if alive {
+        if alive && !discard {
             if let Some(d) = self.domains[idx].as_mut() {
                 d.regs = *regs;
             }
@@ -1009,9 +1096,9 @@ mod tests {
     /// a scratch VA (free memory) valid in both.
     fn two_domains() -> (Hv, VcpuRegs, u64) {
         let mut hv = hypervisor(1200);
-        let elf = tiny_elf(b"\x90", 0);
+        let elf: &'static [u8] = Box::leak(tiny_elf(b"\x90", 0).into_boxed_slice());
         let cfg = DomainConfig {
-            kernel: &elf,
+            kernel: elf,
             cmdline: "",
             nr_pages: 256,
         };
@@ -1297,9 +1384,9 @@ mod tests {
     fn failed_build_releases_its_frames() {
         let mut hv = hypervisor(400);
         let free = hv.frames.free_count();
-        let elf = tiny_elf(b"\x90", 0);
+        let elf: &'static [u8] = Box::leak(tiny_elf(b"\x90", 0).into_boxed_slice());
         let cfg = DomainConfig {
-            kernel: &elf,
+            kernel: elf,
             cmdline: "",
             nr_pages: 1000,
         };
@@ -1588,5 +1675,56 @@ mod tests {
         );
         assert!(hv.console.out.contains("refused: EINVAL"));
         assert!(hv.console.out.contains("d0 crashed: vector 14"));
+    }
+
+    #[test]
+    fn reboot_restarts_the_domain_and_frames_return_to_baseline() {
+        let (mut hv, mut regs, s) = two_domains();
+        hv.set_max_restarts(2);
+        let free_with_both = hv.frames.free_count();
+        for generation in 1..=2 {
+            poke(&mut hv, s, &1u32.to_le_bytes()); // reboot
+            let (_, next) = call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
+            assert!(hv
+                .console
+                .out
+                .contains(&format!("d0 restarting (generation {generation})")));
+            assert!(hv
+                .console
+                .out
+                .contains(&format!("cmdline \" generation={generation}\"")));
+            assert_eq!(
+                hv.frames.free_count(),
+                free_with_both,
+                "rebuild reuses exactly as many frames"
+            );
+            // Round-robin: d1 runs next; let it yield back to the new d0.
+            assert!(matches!(
+                next,
+                Next::Run {
+                    domid: DomId(1),
+                    ..
+                }
+            ));
+            let (_, next) = call(&mut hv, &mut regs, 29, [0; 5]);
+            assert!(matches!(
+                next,
+                Next::Run {
+                    domid: DomId(0),
+                    ..
+                }
+            ));
+        }
+        poke(&mut hv, s, &0u32.to_le_bytes());
+        call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
+        poke(&mut hv, s, &0u32.to_le_bytes());
+        assert_eq!(
+            call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]).1,
+            Next::Exit { success: true }
+        );
+        assert!(hv
+            .console
+            .out
+            .contains("free frames back to the boot baseline"));
     }
 }

@@ -396,6 +396,16 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
             exit_qemu(false);
         }
     };
+    hv.set_idle_switch(|| {
+        // SAFETY: the idle L4 maps the hypervisor (it is the one we booted on).
+        unsafe { cpu::set_cr3(idle_l4() - DIRECTMAP_BASE) }
+    });
+    if let Some(n) = hv_args
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("max_restarts=")?.parse().ok())
+    {
+        hv.set_max_restarts(n);
+    }
     // The idle page tables get the same hypervisor slots (the M2P in slot 256).
     for (i, e) in hv.hypervisor_l4e().iter().enumerate() {
         // SAFETY: writes our own L4's hypervisor slots (a static in the image) with
