@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod errno;
+pub mod event_channel;
 pub mod hypercall;
 pub mod layout;
 pub mod mm;

@@ -15,6 +15,7 @@
 //! | [`guest_mem`] | the one checked API to copy from/to guest virtual addresses |
 //! | [`hypercall`] | decoding raw registers into typed, validated requests |
 //! | [`domain`] | domains and their vCPU state |
+//! | [`evtchn`] | event-channel port tables and the pending/mask bit protocol |
 //! | [`builder`] | the domain builder: ELF kernel -> frames, page tables, start_info |
 //! | [`hv`] | the hypervisor proper: hypercall execution, faults, scheduling, shutdown |
 //! | [`console`] | per-domain line buffering and `[dN]` prefixes on the shared console |
@@ -26,6 +27,7 @@
 pub mod builder;
 pub mod console;
 pub mod domain;
+pub mod evtchn;
 pub mod frame_table;
 pub mod guest_mem;
 pub mod hv;
