@@ -199,10 +199,13 @@ pub mod features {
 pub enum SchedOpCmd {
     /// Give up the CPU; the domain stays runnable. `arg` ignored.
     Yield = 0,
-    /// Block until an event arrives (not yet implemented: `ENOSYS`).
+    /// Unmask events and sleep until one is pending. `arg` ignored.
     Block = 1,
     /// Stop the domain; `arg` points to a [`SchedShutdown`]. Does not return on success.
     Shutdown = 2,
+    /// Sleep until one of a set of ports is pending or a timeout passes; `arg` points to
+    /// a [`crate::vcpu::SchedPoll`].
+    Poll = 3,
 }
 
 impl TryFrom<u64> for SchedOpCmd {
@@ -212,6 +215,7 @@ impl TryFrom<u64> for SchedOpCmd {
             0 => Ok(SchedOpCmd::Yield),
             1 => Ok(SchedOpCmd::Block),
             2 => Ok(SchedOpCmd::Shutdown),
+            3 => Ok(SchedOpCmd::Poll),
             _ => Err(Errno::ENOSYS),
         }
     }

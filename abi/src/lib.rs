@@ -26,6 +26,7 @@ pub mod mm;
 pub mod shared_info;
 pub mod start_info;
 pub mod types;
+pub mod vcpu;
 
 pub use errno::Errno;
 pub use hypercall::HypercallNr;

@@ -6,6 +6,7 @@
 //! and restores on exit; `arch/` converts it to and from its trap frame.
 
 use crate::console::LineBuffer;
+use crate::evtchn::Ports;
 use abi::hypercall::ShutdownReason;
 use abi::{DomId, Mfn};
 
@@ -101,6 +102,36 @@ pub struct Domain {
     pub console: LineBuffer,
     /// Hypercalls served, for the end-of-run summary.
     pub hypercalls: u64,
+    /// Virtual trap table: handler address and flags per exception vector (0: none).
+    pub traps: [(u64, u8); 32],
+    /// Event upcall entry point (0: none).
+    pub event_callback: u64,
+    /// One-shot timer deadline (system time, ns).
+    pub timer: Option<u64>,
+    /// Event-channel port table.
+    pub ports: Ports,
+    /// Why the vCPU is not running, if it waits.
+    pub wait: Wait,
+    /// Scheduling weight.
+    pub weight: u16,
+}
+
+/// What a vCPU is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Not waiting: runnable (or running).
+    None,
+    /// `sched_op(Block)`: any unmasked event.
+    Block,
+    /// `sched_op(Poll)`: one of `ports[..n]` pending, or `timeout` (ns, 0 = none).
+    Poll {
+        /// Ports polled.
+        ports: [u32; abi::vcpu::SCHED_POLL_MAX_PORTS as usize],
+        /// How many.
+        n: usize,
+        /// Deadline.
+        timeout: u64,
+    },
 }
 
 /// Short name of an exception vector, for logs.
@@ -126,6 +157,8 @@ pub const fn exception_name(vector: u8) -> &'static str {
         19 => "#XM",
         20 => "#VE",
         21 => "#CP",
+        0xfe => "deadlock",
+        0xff => "undeliverable event upcall",
         _ => "interrupt",
     }
 }

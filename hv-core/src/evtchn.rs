@@ -53,9 +53,10 @@ impl PortState {
         match self {
             PortState::Free => 0,
             PortState::Unbound { remote } => 1 | u64::from(remote.0) << 16,
-            PortState::Interdomain { remote, remote_port } => {
-                2 | u64::from(remote.0) << 16 | u64::from(remote_port) << 32
-            }
+            PortState::Interdomain {
+                remote,
+                remote_port,
+            } => 2 | u64::from(remote.0) << 16 | u64::from(remote_port) << 32,
             PortState::Virq(v) => 4 | u64::from(v) << 32,
         }
     }
@@ -65,7 +66,10 @@ impl PortState {
         let hi = (v >> 32) as u32;
         match v & 0xff {
             1 => PortState::Unbound { remote: dom },
-            2 => PortState::Interdomain { remote: dom, remote_port: hi },
+            2 => PortState::Interdomain {
+                remote: dom,
+                remote_port: hi,
+            },
             4 => PortState::Virq(hi),
             _ => PortState::Free,
         }
@@ -86,7 +90,10 @@ pub struct Ports {
 impl Ports {
     /// Allocates and clears a port table.
     pub fn new(mem: &mut impl MachineMemory, frames: &mut FrameTable<'_>) -> Result<Ports, Errno> {
-        let mut p = Ports { frames: [Mfn(0); TABLE_FRAMES], virq_port: [0; NR_VIRQS as usize] };
+        let mut p = Ports {
+            frames: [Mfn(0); TABLE_FRAMES],
+            virq_port: [0; NR_VIRQS as usize],
+        };
         for i in 0..TABLE_FRAMES {
             match frames.alloc(Owner::Hypervisor) {
                 Ok(m) if mem.zero_frame(m) => p.frames[i] = m,
@@ -171,11 +178,15 @@ pub fn set_pending(mem: &mut impl MachineMemory, si: Mfn, port: u32) -> bool {
     }
     let (word, bit) = (u64::from(port / 64), 1u64 << (port % 64));
     let base = si.maddr();
-    let Some(old) = bit_rmw(mem, base + PENDING + 8 * word, bit, 0) else { return false };
+    let Some(old) = bit_rmw(mem, base + PENDING + 8 * word, bit, 0) else {
+        return false;
+    };
     if old & bit != 0 {
         return false; // already pending: nothing new
     }
-    let masked = mem.read_u64(base + MASK + 8 * word).is_some_and(|m| m & bit != 0);
+    let masked = mem
+        .read_u64(base + MASK + 8 * word)
+        .is_some_and(|m| m & bit != 0);
     if masked {
         return false; // stays pending; delivered on unmask
     }
@@ -202,7 +213,9 @@ pub fn unmask(mem: &mut impl MachineMemory, si: Mfn, port: u32) -> bool {
     if bit_rmw(mem, base + MASK + 8 * word, 0, bit).is_none() {
         return false;
     }
-    let pending = mem.read_u64(base + PENDING + 8 * word).is_some_and(|p| p & bit != 0);
+    let pending = mem
+        .read_u64(base + PENDING + 8 * word)
+        .is_some_and(|p| p & bit != 0);
     pending && raise_selector(mem, si, word)
 }
 
@@ -257,7 +270,10 @@ mod tests {
         assert_eq!(p.alloc(&mem), Ok(1));
         let states = [
             PortState::Unbound { remote: DomId(7) },
-            PortState::Interdomain { remote: DomId(3), remote_port: 1023 },
+            PortState::Interdomain {
+                remote: DomId(3),
+                remote_port: 1023,
+            },
             PortState::Virq(2),
         ];
         for (i, st) in states.iter().enumerate() {

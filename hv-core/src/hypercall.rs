@@ -5,6 +5,10 @@
 //! Arguments that live in guest memory (structures behind pointers) are copied once and
 //! validated by the executor in [`crate::hv`] before it acts on them.
 
+use abi::event_channel::{
+    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_VIRQ, EVTCHNOP_CLOSE,
+    EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK,
+};
 use abi::hypercall::{
     ConsoleIoCmd, SchedOpCmd, XenVersionCmd, CONSOLE_IO_MAX, MULTICALL_MAX_ENTRIES,
 };
@@ -86,6 +90,37 @@ pub enum Hypercall {
         /// Must name the caller.
         foreigndom: u16,
     },
+    /// `set_trap_table(table)`: 0 clears.
+    SetTrapTable {
+        /// Guest pointer to `TrapInfo`s ended by a zero address.
+        table: u64,
+    },
+    /// `set_callbacks(event, failsafe, syscall)`.
+    SetCallbacks {
+        /// Event upcall entry point (0: none).
+        event: u64,
+    },
+    /// `iret()`: the frame is at the guest stack pointer.
+    Iret,
+    /// `set_timer_op(deadline_ns)`: 0 cancels.
+    SetTimer {
+        /// Absolute system time in ns.
+        deadline: u64,
+    },
+    /// `sched_op(Block)`.
+    Block,
+    /// `sched_op(Poll, &SchedPoll)`.
+    Poll {
+        /// Guest pointer to a `SchedPoll`.
+        arg: u64,
+    },
+    /// `event_channel_op(cmd, arg)` with a known `cmd`.
+    EventChannel {
+        /// `EVTCHNOP_*`.
+        cmd: u64,
+        /// Guest pointer to the command's structure.
+        arg: u64,
+    },
     /// `memory_op(cmd, arg)`.
     MemoryOp {
         /// Sub-command (`XENMEM_*`, one of the implemented ones).
@@ -116,8 +151,25 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
         HypercallNr::SchedOp => match SchedOpCmd::try_from(a[0])? {
             SchedOpCmd::Yield => Ok(Hypercall::Yield),
             SchedOpCmd::Shutdown => Ok(Hypercall::Shutdown { arg: a[1] }),
-            // Blocking needs event channels (virtual-CPU issue).
-            SchedOpCmd::Block => Err(Errno::ENOSYS),
+            SchedOpCmd::Block => Ok(Hypercall::Block),
+            SchedOpCmd::Poll => Ok(Hypercall::Poll { arg: a[1] }),
+        },
+        HypercallNr::SetTrapTable => Ok(Hypercall::SetTrapTable { table: a[0] }),
+        HypercallNr::SetCallbacks => Ok(Hypercall::SetCallbacks { event: a[0] }),
+        HypercallNr::Iret => Ok(Hypercall::Iret),
+        HypercallNr::SetTimerOp => Ok(Hypercall::SetTimer { deadline: a[0] }),
+        HypercallNr::EventChannelOp => match a[0] {
+            EVTCHNOP_BIND_INTERDOMAIN
+            | EVTCHNOP_BIND_VIRQ
+            | EVTCHNOP_CLOSE
+            | EVTCHNOP_SEND
+            | EVTCHNOP_STATUS
+            | EVTCHNOP_ALLOC_UNBOUND
+            | EVTCHNOP_UNMASK => Ok(Hypercall::EventChannel {
+                cmd: a[0],
+                arg: a[1],
+            }),
+            _ => Err(Errno::ENOSYS),
         },
         HypercallNr::Multicall => {
             if a[1] > MULTICALL_MAX_ENTRIES {
@@ -223,7 +275,7 @@ mod tests {
 
     #[test]
     fn unknown_and_unimplemented_are_enosys() {
-        for nr in [11, 31, 47, 49, 1000, u64::MAX, 20, 32] {
+        for nr in [11, 31, 47, 49, 1000, u64::MAX, 20, 2, 36] {
             assert_eq!(decode(nr, [0; 5]), Err(Errno::ENOSYS), "nr {nr}");
         }
     }

@@ -19,6 +19,8 @@
 //! | [`builder`] | the domain builder: ELF kernel -> frames, page tables, start_info |
 //! | [`hv`] | the hypervisor proper: hypercall execution, faults, scheduling, shutdown |
 //! | [`console`] | per-domain line buffering and `[dN]` prefixes on the shared console |
+//! | [`traps`] | virtual exceptions: bounce frames on the guest stack, `iret` |
+//! | [`time`] | TSC -> system time, the pvclock scale published to guests |
 //! | [`pod`] | the single place ABI structs are viewed as bytes |
 //! | [`ptwr_decode`] | decoding the guest store that faulted on a read-only page-table page |
 #![cfg_attr(target_os = "none", no_std)]
@@ -38,6 +40,9 @@ pub mod mm;
 pub mod paging;
 pub mod pod;
 pub mod ptwr_decode;
+pub mod sched;
+pub mod time;
+pub mod traps;
 
 #[cfg(target_os = "none")]
 pub mod arch;

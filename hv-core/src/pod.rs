@@ -5,10 +5,14 @@
 //! unsafe trait: implementing it asserts the type has no padding and every bit pattern is
 //! a valid value, which the impls below justify one by one.
 
+use abi::event_channel::{
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnPort, EvtchnStatus,
+};
 use abi::hypercall::{MulticallEntry, SchedShutdown, XenFeatureInfo};
 use abi::mm::{MachphysMapping, MemoryReservation, MmuUpdate, MmuextOp};
 use abi::shared_info::SharedInfo;
 use abi::start_info::StartInfo;
+use abi::vcpu::{IretFrame, SchedPoll, TrapInfo};
 
 /// Plain old data: no padding bytes, no invalid bit patterns, no pointers/references.
 ///
@@ -50,6 +54,22 @@ unsafe impl Pod for MmuextOp {}
 unsafe impl Pod for MemoryReservation {}
 // SAFETY: repr(C) {u64, u64, u64}: no padding, integers.
 unsafe impl Pod for MachphysMapping {}
+// SAFETY: repr(C) {u8, u8, u16, u32, u64} = 16 bytes (asserted): no padding, integers.
+unsafe impl Pod for TrapInfo {}
+// SAFETY: repr(C), nine u64: no padding.
+unsafe impl Pod for IretFrame {}
+// SAFETY: repr(C) {u64, u32, u32, u64} = 24 bytes (asserted): no padding, integers.
+unsafe impl Pod for SchedPoll {}
+// SAFETY: repr(C) {u16, u16, u32} = 8 bytes (asserted): no padding, integers.
+unsafe impl Pod for EvtchnAllocUnbound {}
+// SAFETY: repr(C) {u16, u16, u32, u32} = 12 bytes (asserted): no padding, integers.
+unsafe impl Pod for EvtchnBindInterdomain {}
+// SAFETY: repr(C) {u32, u32, u32} = 12 bytes (asserted): no padding, integers.
+unsafe impl Pod for EvtchnBindVirq {}
+// SAFETY: repr(C) {u32}: no padding, integer.
+unsafe impl Pod for EvtchnPort {}
+// SAFETY: repr(C) {u16, u16, u32 x 5} = 24 bytes (asserted): no padding, integers.
+unsafe impl Pod for EvtchnStatus {}
 // SAFETY: repr(C) {u32}: no padding, integer.
 unsafe impl Pod for SchedShutdown {}
 // SAFETY: repr(C) {u32, u32}: no padding, integers.

@@ -132,9 +132,10 @@ boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4096 * 4
+    .global boot_stack
     .global boot_stack_top
 boot_stack:
-    .skip 65536
+    .skip 524288       /* 512 KiB: hv_main builds the hypervisor state on it */
 boot_stack_top:
     .text
 "#,

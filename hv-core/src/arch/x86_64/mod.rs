@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod entry;
 pub mod serial;
 pub mod tables;
+pub mod timer;
 
 use crate::domain::VcpuRegs;
 use crate::frame_table::{FrameInfo, FrameTable};
@@ -19,6 +20,7 @@ use crate::hvlog;
 use crate::mem::{within_one_frame, MachineMemory};
 use abi::start_info::{set_cstr, ModuleInfo, MAX_MODULES};
 use abi::{DomId, Mfn, PAGE_SIZE};
+use core::sync::atomic::{AtomicBool, Ordering};
 use entry::{TrapFrame, SYSCALL_VECTOR};
 use serial::Serial;
 use spin::Mutex;
@@ -167,6 +169,38 @@ fn image_bounds() -> (u64, u64) {
         core::arch::asm!("lea {}, [rip + __image_end]", out(reg) e, options(nomem, nostack, preserves_flags));
     }
     (s - DIRECTMAP_BASE, e - DIRECTMAP_BASE)
+}
+
+/// The boot stack is zeroed by the loader; if its lowest bytes are no longer zero, boot
+/// used more stack than it has (which would have corrupted whatever lies below).
+fn check_boot_stack() {
+    let base: u64;
+    // SAFETY: computes a symbol address; no memory access.
+    unsafe {
+        core::arch::asm!("lea {}, [rip + boot_stack]", out(reg) base, options(nomem, nostack, preserves_flags))
+    };
+    // SAFETY: the first 256 bytes of the boot stack (a static in the image).
+    let low = unsafe { core::slice::from_raw_parts(base as *const u8, 256) };
+    if low.iter().any(|&b| b != 0) {
+        hvlog!("FATAL: the boot stack overflowed");
+        exit_qemu(false);
+    }
+}
+
+/// Sets PCD|PWT on the direct map's 2 MiB page holding the local APIC (0xfee00000).
+fn mark_apic_uncacheable(l4_va: u64) {
+    let apic = 0xfee0_0000u64;
+    // SAFETY: walks our own boot tables (statics in the image, reached through the direct
+    // map) and sets cache-disable bits on the entry mapping the APIC; CR3 reload flushes.
+    unsafe {
+        let l4e = core::ptr::read_volatile((l4_va as *const u64).add(262));
+        let l3 = (l4e & crate::paging::PTE_ADDR_MASK) + DIRECTMAP_BASE;
+        let l3e = core::ptr::read_volatile((l3 as *const u64).add(((apic >> 30) & 511) as usize));
+        let l2 = (l3e & crate::paging::PTE_ADDR_MASK) + DIRECTMAP_BASE;
+        let slot = (l2 as *mut u64).add(((apic >> 21) & 511) as usize);
+        core::ptr::write_volatile(slot, core::ptr::read_volatile(slot) | 0x18);
+        cpu::set_cr3(cpu::cr3());
+    }
 }
 
 fn remap_and_mask_pics() {
@@ -382,6 +416,19 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         exit_qemu(false);
     }
 
+    // Time: the APIC page must be uncacheable before we touch it.
+    mark_apic_uncacheable(l4);
+    let tsc_hz = timer::calibrate_tsc();
+    let boot_tsc = timer::rdtsc();
+    timer::init_apic(tsc_hz);
+    let wallclock = timer::read_rtc();
+    hvlog!(
+        "time: TSC {} MHz, APIC timer {} kHz, wall clock {} s since 1970",
+        tsc_hz / 1_000_000,
+        timer::apic_hz() / 1000,
+        wallclock
+    );
+
     let mut l4e = [0u64; crate::builder::HV_L4_SLOTS];
     for (i, e) in l4e.iter_mut().enumerate() {
         // SAFETY: reads our own L4 (a static in the image).
@@ -390,7 +437,10 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         };
     }
     let mut hv = match Hypervisor::new(dm, frames, Serial, l4e) {
-        Ok(hv) => hv,
+        Ok(mut hv) => {
+            hv.set_clock(crate::time::Clock::new(tsc_hz, boot_tsc), wallclock);
+            hv
+        }
         Err(e) => {
             hvlog!("FATAL: cannot set up the M2P table: {e}");
             exit_qemu(false);
@@ -450,11 +500,13 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         let _ = hv.create_domain(DomId(i as u16), &cfg, &modules[..nmods]);
     }
 
+    check_boot_stack();
     let mut regs = VcpuRegs::default();
+    hv.set_now(timer::rdtsc());
     let next = hv.start(&mut regs);
     *HV.lock() = Some(hv);
     let mut frame = TrapFrame::default();
-    resume(&mut frame, &regs, next);
+    resume(&mut frame, &mut regs, next);
     entry::enter(&frame)
 }
 
@@ -486,51 +538,115 @@ fn frame_to_regs(f: &TrapFrame) -> VcpuRegs {
 const GUEST_RFLAGS_MASK: u64 = 0x0024_0dd5 | (1 << 8);
 
 /// Acts on the hypervisor's decision: load the next guest into `frame` or exit.
-fn resume(frame: &mut TrapFrame, r: &VcpuRegs, next: Next) {
-    match next {
-        Next::Run { l4, flush_tlb, .. } => {
-            if flush_tlb || cpu::cr3() & crate::paging::PTE_ADDR_MASK != l4.maddr() {
-                // SAFETY: every guest L4 was validated as an L4, which installs the
-                // hypervisor's slots. Reloading CR3 also flushes non-global TLB entries.
-                unsafe { cpu::set_cr3(l4.maddr()) };
+fn resume(frame: &mut TrapFrame, r: &mut VcpuRegs, mut next: Next) {
+    loop {
+        match next {
+            Next::Run {
+                l4,
+                flush_tlb,
+                deadline,
+                ..
+            } => {
+                if flush_tlb || cpu::cr3() & crate::paging::PTE_ADDR_MASK != l4.maddr() {
+                    // SAFETY: every guest L4 was validated as an L4, which installs the
+                    // hypervisor's slots. Reloading CR3 also flushes non-global TLB entries.
+                    unsafe { cpu::set_cr3(l4.maddr()) };
+                }
+                arm_until(deadline);
+                *frame = TrapFrame {
+                    r15: r.r15,
+                    r14: r.r14,
+                    r13: r.r13,
+                    r12: r.r12,
+                    r11: r.r11,
+                    r10: r.r10,
+                    r9: r.r9,
+                    r8: r.r8,
+                    rbp: r.rbp,
+                    rdi: r.rdi,
+                    rsi: r.rsi,
+                    rdx: r.rdx,
+                    rcx: r.rcx,
+                    rbx: r.rbx,
+                    rax: r.rax,
+                    vector: 0,
+                    error_code: 0,
+                    rip: r.rip,
+                    cs: tables::USER_CS,
+                    rflags: (r.rflags & GUEST_RFLAGS_MASK) | 0x202,
+                    rsp: r.rsp,
+                    ss: tables::USER_SS,
+                };
+                return;
             }
-            *frame = TrapFrame {
-                r15: r.r15,
-                r14: r.r14,
-                r13: r.r13,
-                r12: r.r12,
-                r11: r.r11,
-                r10: r.r10,
-                r9: r.r9,
-                r8: r.r8,
-                rbp: r.rbp,
-                rdi: r.rdi,
-                rsi: r.rsi,
-                rdx: r.rdx,
-                rcx: r.rcx,
-                rbx: r.rbx,
-                rax: r.rax,
-                vector: 0,
-                error_code: 0,
-                rip: r.rip,
-                cs: tables::USER_CS,
-                rflags: (r.rflags & GUEST_RFLAGS_MASK) | 0x202,
-                rsp: r.rsp,
-                ss: tables::USER_SS,
-            };
+            Next::Idle { deadline } => {
+                // Nothing runnable: halt until the timer (or any interrupt) fires. The
+                // interrupt arrives in ring 0 and only acknowledges itself
+                // (`trap_dispatch`); the decision is taken here.
+                arm_until(deadline);
+                IDLING.store(true, Ordering::SeqCst);
+                // SAFETY: `sti; hlt` is atomic with respect to interrupts (the sti shadow),
+                // so a wake-up cannot be lost between the two; cli restores our state.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+                IDLING.store(false, Ordering::SeqCst);
+                let mut guard = HV.lock();
+                let Some(hv) = guard.as_mut() else {
+                    exit_qemu(false)
+                };
+                hv.set_now(timer::rdtsc());
+                next = hv.tick(r);
+            }
+            Next::Exit { success } => exit_qemu(success),
         }
-        Next::Exit { success } => exit_qemu(success),
     }
+}
+
+/// True while the CPU halts in the idle loop (a ring-0 timer interrupt is expected).
+static IDLING: AtomicBool = AtomicBool::new(false);
+
+/// Programs the APIC timer for system time `deadline` (ns), or stops it.
+fn arm_until(deadline: Option<u64>) {
+    let now = HV
+        .lock()
+        .as_ref()
+        .map_or(0, |hv| hv.clock().ns(timer::rdtsc()));
+    timer::arm(deadline.map(|d| d.saturating_sub(now).max(1)));
 }
 
 /// Called by `trap_common` for every entry.
 #[no_mangle]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let cr2 = cpu::cr2();
+    let tsc = timer::rdtsc();
+    let vector = frame.vector;
     if frame.cs & 3 != 3 {
+        // Ring 0: only the idle loop's wake-up (and spurious interrupts) are expected.
+        if vector == u64::from(timer::TIMER_VECTOR) && IDLING.load(Ordering::SeqCst) {
+            timer::eoi();
+            return;
+        }
+        if vector == u64::from(timer::SPURIOUS_VECTOR) {
+            return;
+        }
         hypervisor_fault(frame, cr2);
     }
-    let vector = frame.vector;
+    if vector == u64::from(timer::SPURIOUS_VECTOR) {
+        return;
+    }
+    if vector == u64::from(timer::TIMER_VECTOR) {
+        timer::eoi();
+        let mut regs = frame_to_regs(frame);
+        let next = {
+            let mut guard = HV.lock();
+            let Some(hv) = guard.as_mut() else {
+                hypervisor_fault(frame, cr2)
+            };
+            hv.set_now(tsc);
+            hv.tick(&mut regs)
+        };
+        resume(frame, &mut regs, next);
+        return;
+    }
     if (32..=255).contains(&vector) && vector != u64::from(abi::hypercall::HYPERCALL_INT_VECTOR)
         || vector == 2
     {
@@ -543,6 +659,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let Some(hv) = guard.as_mut() else {
         hypervisor_fault(frame, cr2)
     };
+    hv.set_now(tsc);
     let next =
         if vector == SYSCALL_VECTOR || vector == u64::from(abi::hypercall::HYPERCALL_INT_VECTOR) {
             hv.hypercall(&mut regs)
@@ -558,7 +675,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             )
         };
     drop(guard);
-    resume(frame, &regs, next);
+    resume(frame, &mut regs, next);
 }
 
 /// An exception in the hypervisor itself: dump everything and fail the run.

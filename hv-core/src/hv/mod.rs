@@ -7,6 +7,9 @@
 //! back to the free pool, and the next runnable domain runs. When none is left, the
 //! verdict is success iff every domain that was started shut down with `poweroff`.
 
+mod events;
+mod vcpu;
+
 use crate::builder::{self, BuildError, BuildSpec, Built, HV_L4_SLOTS};
 use crate::console::{emit_line, ConsoleSink};
 use crate::domain::{exception_name, Domain, DomainState, Ending, VcpuRegs};
@@ -68,6 +71,15 @@ pub enum Next {
         domid: DomId,
         /// Page-table entries changed (or the guest asked for a flush): flush the TLB.
         flush_tlb: bool,
+        /// System time (ns) at which the hypervisor wants control back (preemption or
+        /// a guest timer), if any.
+        deadline: Option<u64>,
+    },
+    /// Nothing can run now: halt until an interrupt (or the deadline), then call
+    /// [`Hypervisor::tick`].
+    Idle {
+        /// When to wake up at the latest.
+        deadline: Option<u64>,
     },
     /// No domain left: exit with this verdict.
     Exit {
@@ -106,7 +118,6 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     pub console: C,
     domains: [Option<Domain>; MAX_DOMAINS],
     current: Option<usize>,
-    yield_requested: bool,
     hypervisor_l4e: [u64; HV_L4_SLOTS],
     in_multicall: bool,
     build_failures: usize,
@@ -118,6 +129,11 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     max_restarts: u32,
     discard_regs: bool,
     switch_to_idle: fn(),
+    sched: crate::sched::Scheduler,
+    clock: crate::time::Clock,
+    now: u64,
+    now_tsc: u64,
+    wallclock_sec: u64,
     modules: [ModuleInfo; MAX_MODULES],
     nr_modules: usize,
 }
@@ -153,7 +169,6 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             console,
             domains: Default::default(),
             current: None,
-            yield_requested: false,
             hypervisor_l4e,
             in_multicall: false,
             build_failures: 0,
@@ -165,6 +180,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             max_restarts: 0,
             discard_regs: false,
             switch_to_idle: || {},
+            sched: crate::sched::Scheduler::new(),
+            clock: crate::time::Clock::new(1_000_000_000, 0),
+            now: 0,
+            now_tsc: 0,
+            wallclock_sec: 0,
             modules: [ModuleInfo::EMPTY; MAX_MODULES],
             nr_modules: 0,
         })
@@ -231,6 +251,43 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         self.build_into(slot)
     }
 
+    /// Sets the TSC calibration and the wall-clock time (seconds since 1970) at boot.
+    pub fn set_clock(&mut self, clock: crate::time::Clock, wallclock_sec: u64) {
+        self.clock = clock;
+        self.wallclock_sec = wallclock_sec;
+    }
+
+    /// Records the TSC at the current entry (the arch layer calls this on every trap).
+    pub fn set_now(&mut self, tsc: u64) {
+        self.now_tsc = tsc;
+        self.now = self.clock.ns(tsc);
+    }
+
+    /// System time (ns since boot) at the current entry.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &crate::time::Clock {
+        &self.clock
+    }
+
+    /// A timer interrupt (or the end of an idle period): fire timers, maybe preempt.
+    /// `regs` holds the interrupted guest's registers (ignored if none was running).
+    pub fn tick(&mut self, regs: &mut VcpuRegs) -> Next {
+        self.after_event(regs)
+    }
+
+    /// Cumulative CPU time of domain `id` (ns), for logs and tests.
+    pub fn cpu_time(&self, id: DomId) -> u64 {
+        self.domains
+            .iter()
+            .position(|d| d.as_ref().is_some_and(|d| d.id == id))
+            .and_then(|i| self.sched.stats(i))
+            .map_or(0, |s| s.run_ns)
+    }
+
     /// Sets how to leave a dying domain's page tables before they are freed (the arch
     /// layer loads the idle page tables; frames freed here may be reused at once).
     pub fn set_idle_switch(&mut self, f: fn()) {
@@ -285,6 +342,38 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 return Err(e);
             }
         };
+        let ports = match crate::evtchn::Ports::new(&mut self.mem, &mut self.frames) {
+            Ok(p) => p,
+            Err(_) => {
+                // No frames for the port table: undo the build.
+                mm!(self).drop_domain_refs(domid, Some(built.l4));
+                self.invalidate_m2p_of(domid);
+                self.frames.release_domain(domid);
+                self.build_failures += 1;
+                self.recipes[slot] = None;
+                self.domains[slot] = None;
+                log(
+                    &mut self.console,
+                    format_args!("{domid}: build failed: no memory for its event channels"),
+                );
+                return Err(BuildError::OutOfMemory);
+            }
+        };
+        // Wall clock at system time 0 (seqlock version even = stable).
+        let si = built.shared_info.maddr();
+        self.mem.write(si + 3072, &2u32.to_le_bytes());
+        self.mem
+            .write(si + 3076, &(self.wallclock_sec as u32).to_le_bytes());
+        self.mem.write(
+            si + 3084,
+            &((self.wallclock_sec >> 32) as u32).to_le_bytes(),
+        );
+        let weight = cstr(&recipe.cmdline)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("weight=")?.parse::<u16>().ok())
+            .filter(|&w| w > 0)
+            .unwrap_or(crate::sched::DEFAULT_WEIGHT);
+        let _ = self.sched.add(slot, weight, self.now);
         let regs = VcpuRegs {
             rip: built.entry,
             rsp: built.stack_top,
@@ -304,6 +393,12 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             state: DomainState::Runnable,
             console: Default::default(),
             hypercalls: 0,
+            traps: [(0, 0); 32],
+            event_callback: 0,
+            timer: None,
+            ports,
+            wait: crate::domain::Wait::None,
+            weight,
         });
         log(
             &mut self.console,
@@ -327,7 +422,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// Picks the first domain to run and loads its registers into `regs`.
     pub fn start(&mut self, regs: &mut VcpuRegs) -> Next {
         self.current = None;
-        self.pick_next(regs, 0)
+        self.after_event(regs)
     }
 
     /// Handles a hypercall from the running domain: `regs` holds its registers; the
@@ -335,6 +430,14 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     pub fn hypercall(&mut self, regs: &mut VcpuRegs) -> Next {
         let (nr, args) = regs.hypercall_args();
         self.budget = VALIDATION_BUDGET;
+        if nr == HypercallNr::Iret as u64 {
+            // iret replaces the registers (including rax) and does not return a value.
+            self.do_iret(regs);
+            if let Some(d) = self.cur_mut() {
+                d.hypercalls += 1;
+            }
+            return self.after_event(regs);
+        }
         let result = self.execute(nr, args);
         if let Some(d) = self.cur_mut() {
             d.hypercalls += 1;
@@ -343,7 +446,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             Ok(v) => v,
             Err(e) => e.to_ret() as u64,
         };
-        self.after_trap(regs)
+        self.after_event(regs)
     }
 
     /// The running domain took a fault it cannot handle: log it, kill the domain, run
@@ -354,7 +457,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         if f.vector == 14 && f.error_code & 0b111 == 0b111 {
             self.budget = VALIDATION_BUDGET;
             match self.ptwr(regs, f.cr2) {
-                Ok(()) => return self.after_trap(regs),
+                Ok(()) => return self.after_event(regs),
                 Err(PtwrError::NotPtwr) => {}
                 Err(PtwrError::Refused(why)) => {
                     if let Some(id) = self.current().map(|d| d.id) {
@@ -368,6 +471,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                     }
                 }
             }
+        }
+        if self.deliver_exception(regs, f.vector, f.error_code, f.cr2) {
+            return self.after_event(regs);
         }
         if let Some(d) = self.current() {
             let id = d.id;
@@ -394,7 +500,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             );
             self.end_current(Ending::Killed { vector: f.vector });
         }
-        self.after_trap(regs)
+        self.after_event(regs)
     }
 
     /// Executes one decoded hypercall for the current domain.
@@ -458,9 +564,16 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 }
             }
             Hypercall::Yield => {
-                self.yield_requested = true;
+                let _ = self.sched.yield_now(idx, self.now);
                 Ok(0)
             }
+            Hypercall::SetTrapTable { table } => self.set_trap_table(idx, table),
+            Hypercall::SetCallbacks { event } => self.set_callbacks(idx, event),
+            Hypercall::Iret => Err(Errno::EINVAL), // handled before dispatch
+            Hypercall::SetTimer { deadline } => self.set_timer(idx, deadline),
+            Hypercall::Block => self.block(idx),
+            Hypercall::Poll { arg } => self.poll(idx, arg),
+            Hypercall::EventChannel { cmd, arg } => self.event_channel_op(idx, cmd, arg),
             Hypercall::Shutdown { arg } => {
                 let sd: SchedShutdown = GuestMem::new(&mut self.mem, l4).read_obj(arg)?;
                 let reason = ShutdownReason::try_from(sd.reason)?;
@@ -862,6 +975,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         // Nothing runs on its page tables from here on (the arch layer switches away
         // before returning to any guest): drop its base pointer and pins (which
         // devalidates its tables), then give back every frame nobody else references.
+        let _ = self.sched.remove(idx, self.now);
+        self.close_all_ports(idx);
+        if let Some(d) = self.domains[idx].as_mut() {
+            d.timer = None;
+            d.wait = crate::domain::Wait::None;
+            d.ports.free(&mut self.frames);
+        }
         (self.switch_to_idle)();
         mm!(self).drop_domain_refs(id, Some(base));
         self.invalidate_m2p_of(id);
@@ -893,54 +1013,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         }
     }
 
-    fn after_trap(&mut self, regs: &mut VcpuRegs) -> Next {
-        let Some(idx) = self.current else {
-            return self.pick_next(regs, 0);
-        };
-        let alive = self.domains[idx]
-            .as_ref()
-            .is_some_and(|d| d.state == DomainState::Runnable);
-        let discard = core::mem::take(&mut self.discard_regs);
-        if alive && !self.yield_requested && !discard {
-            let flush_tlb = core::mem::take(&mut self.flush_tlb);
-            let d = self.domains[idx].as_ref().expect("checked above");
-            return Next::Run {
-                l4: d.l4,
-                domid: d.id,
-                flush_tlb,
-            };
-        }
-        self.yield_requested = false;
-        if alive && !discard {
-            if let Some(d) = self.domains[idx].as_mut() {
-                d.regs = *regs;
-            }
-        }
-        self.pick_next(regs, idx + 1)
-    }
-
-    /// Round-robin: the first runnable domain at or after slot `from` (wrapping).
-    fn pick_next(&mut self, regs: &mut VcpuRegs, from: usize) -> Next {
-        let flush_tlb = core::mem::take(&mut self.flush_tlb);
-        for k in 0..MAX_DOMAINS {
-            let i = (from + k) % MAX_DOMAINS;
-            if let Some(d) = self.domains[i].as_ref() {
-                if d.state == DomainState::Runnable {
-                    *regs = d.regs;
-                    self.current = Some(i);
-                    return Next::Run {
-                        l4: d.l4,
-                        domid: d.id,
-                        flush_tlb,
-                    };
-                }
-            }
-        }
-        self.current = None;
-        self.verdict()
-    }
-
-    fn verdict(&mut self) -> Next {
+    pub(super) fn verdict(&mut self) -> Next {
         let mut summary = ArgBuf::new();
         let mut success = true;
         let mut any = false;
@@ -1105,14 +1178,10 @@ mod tests {
         let b0 = hv.create_domain(DomId(0), &cfg, &[]).unwrap();
         hv.create_domain(DomId(1), &cfg, &[]).unwrap();
         let mut regs = VcpuRegs::default();
-        assert_eq!(
+        assert!(matches!(
             hv.start(&mut regs),
-            Next::Run {
-                l4: b0.l4,
-                domid: DomId(0),
-                flush_tlb: false
-            }
-        );
+            Next::Run { l4, domid: DomId(0), flush_tlb: false, .. } if l4 == b0.l4
+        ));
         let scratch = GUEST_VIRT_BASE + b0.layout.first_free * 4096;
         (hv, regs, scratch)
     }
@@ -1335,7 +1404,11 @@ mod tests {
             }
         ));
         assert!(hv.console.out.contains("d0 crashed: vector 14 (#PF)"));
-        assert_eq!(hv.frames.free_count(), free_before + 257);
+        assert_eq!(
+            hv.frames.free_count(),
+            free_before + 257 + 2,
+            "memory, shared_info, port table"
+        );
         assert_eq!(hv.frames.count_owned(DomId(0)), 0);
         // d1 powers off cleanly; the verdict is still failure because d0 crashed.
         poke(&mut hv, s, &0u32.to_le_bytes());
@@ -1459,14 +1532,11 @@ mod tests {
             call(&mut hv, &mut regs, 1, [reqs, 1025, 0, 0x7ff0, 0]).0,
             Errno::E2BIG.to_ret()
         );
-        assert_eq!(
+        let d1_l4 = hv.domain(DomId(1)).unwrap().l4;
+        assert!(matches!(
             call(&mut hv, &mut regs, 29, [0; 5]).1,
-            Next::Run {
-                l4: hv.domain(DomId(1)).unwrap().l4,
-                domid: DomId(1),
-                flush_tlb: false
-            }
-        );
+            Next::Run { l4, domid: DomId(1), flush_tlb: false, .. } if l4 == d1_l4
+        ));
         assert_eq!(
             call(&mut hv, &mut regs, 1, [reqs, 1, 0, 0, 0]).0,
             Errno::EPERM.to_ret(),
