@@ -112,6 +112,8 @@ pub struct Domain {
     pub ports: Ports,
     /// Why the vCPU is not running, if it waits.
     pub wait: Wait,
+    /// The ports of a `Wait::Poll`.
+    pub poll_ports: [u32; abi::vcpu::SCHED_POLL_MAX_PORTS as usize],
     /// Scheduling weight.
     pub weight: u16,
 }
@@ -123,11 +125,10 @@ pub enum Wait {
     None,
     /// `sched_op(Block)`: any unmasked event.
     Block,
-    /// `sched_op(Poll)`: one of `ports[..n]` pending, or `timeout` (ns, 0 = none).
+    /// `sched_op(Poll)`: one of `Domain::poll_ports[..n]` pending, or `timeout` (ns,
+    /// 0 = none).
     Poll {
-        /// Ports polled.
-        ports: [u32; abi::vcpu::SCHED_POLL_MAX_PORTS as usize],
-        /// How many.
+        /// How many ports.
         n: usize,
         /// Deadline.
         timeout: u64,

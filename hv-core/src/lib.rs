@@ -18,6 +18,7 @@
 //! | [`evtchn`] | event-channel port tables and the pending/mask bit protocol |
 //! | [`builder`] | the domain builder: ELF kernel -> frames, page tables, start_info |
 //! | [`hv`] | the hypervisor proper: hypercall execution, faults, scheduling, shutdown |
+//! | [`sched`] | scheduling policy: weighted credit scheduler for one CPU, which vCPU runs next and until when |
 //! | [`console`] | per-domain line buffering and `[dN]` prefixes on the shared console |
 //! | [`traps`] | virtual exceptions: bounce frames on the guest stack, `iret` |
 //! | [`time`] | TSC -> system time, the pvclock scale published to guests |

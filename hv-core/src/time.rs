@@ -2,9 +2,9 @@
 //! published to guests.
 //!
 //! The TSC is calibrated once at boot (by the arch layer, against the PIT). System time is
-//! nanoseconds since boot. Guests get Xen's pvclock scale: `ns = ((delta << shift) * mul)
-//! >> 32` with `shift` in -31..=31 and `mul` a 32-bit fraction, so they can read the clock
-//! without a hypercall.
+//! nanoseconds since boot. Guests get Xen's pvclock scale, `ns = ((delta << shift) *
+//! mul) / 2^32` with `shift` in -31..=31 and `mul` a 32-bit fraction, so they can read the
+//! clock without a hypercall.
 
 /// TSC-to-nanoseconds conversion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,9 +32,11 @@ impl Clock {
         }
     }
 
-    /// System time (ns) at TSC value `tsc`.
+    /// System time (ns) at TSC value `tsc` (exact; guests use the pvclock scale, which
+    /// agrees to within a few parts per billion).
     pub fn ns(&self, tsc: u64) -> u64 {
-        scale_delta(tsc.wrapping_sub(self.boot_tsc), self.mul, self.shift)
+        let delta = u128::from(tsc.saturating_sub(self.boot_tsc));
+        (delta * 1_000_000_000 / u128::from(self.tsc_hz)) as u64
     }
 
     /// The TSC value at system time `ns` (for programming timers).

@@ -11,14 +11,29 @@
 //! as are writes to the pages registered read-only (the L4 at `pt_base`). Kernels under
 //! test must therefore only pass pointers to live buffers or to refused ranges, which is
 //! what real guest kernels do too.
+//!
+//! Memory hypercalls: the fake has no page tables. It checks the batch limits and the
+//! guest pointers of `mmu_update`, `mmuext_op` and `update_va_mapping`, records the
+//! requests ([`Outcome::mmu_updates`], [`Outcome::mmuext_ops`], [`Outcome::va_updates`])
+//! and accepts them, except `MMU_MACHPHYS_UPDATE`, which it applies to a real M2P in a
+//! host buffer (`XENMEM_MACHPHYS_MAPPING` points at it). Reservations are real
+//! bookkeeping: the fake P2M's frames (`0x1000 + 2 * pfn`) are owned, the maximum is
+//! `nr_pages`, increase hands out new frame numbers, decrease takes back owned ones.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
 
 use abi::hypercall::{
     ConsoleIoCmd, MulticallEntry, SchedOpCmd, ShutdownReason, XenVersionCmd, CONSOLE_IO_MAX,
     MULTICALL_MAX_ENTRIES,
+};
+use abi::mm::{
+    MachphysMapping, MemoryReservation, MmuUpdate, MmuextOp, INVALID_M2P_ENTRY, MMU_BATCH_MAX,
+    MMU_MACHPHYS_UPDATE, RESERVATION_MAX_EXTENTS, UVMF_FLUSHTYPE_MASK, XENMEM_CURRENT_RESERVATION,
+    XENMEM_DECREASE_RESERVATION, XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING,
+    XENMEM_MAXIMUM_RESERVATION, XENMEM_POPULATE_PHYSMAP,
 };
 use abi::start_info::{
     set_cstr, ModuleInfo, StartInfo, MAX_MODULES, SIF_INITDOMAIN, SIF_PRIVILEGED,
@@ -95,6 +110,14 @@ pub struct Outcome {
     pub yields: u64,
     /// Every hypercall: path and number (multicall entries are not listed).
     pub calls: Vec<(Path, u64)>,
+    /// Accepted `mmu_update` requests, in order.
+    pub mmu_updates: Vec<MmuUpdate>,
+    /// Accepted `mmuext_op` operations, in order.
+    pub mmuext_ops: Vec<MmuextOp>,
+    /// Accepted `update_va_mapping(va, val, flags)` calls, in order.
+    pub va_updates: Vec<(u64, u64, u64)>,
+    /// The domain's reservation (pages) at the end of the run.
+    pub reservation: u64,
 }
 
 impl Outcome {
@@ -121,7 +144,43 @@ struct Fake {
     read_only: Vec<(u64, u64)>,
     scratch: (u64, u64),
     in_multicall: bool,
+    mm: FakeMm,
     out: Outcome,
+}
+
+/// First frame number of the fake P2M (pfn N has mfn `FAKE_MFN_BASE + 2 * N`).
+const FAKE_MFN_BASE: u64 = 0x1000;
+
+/// Reservations and the M2P (see the module docs).
+#[derive(Default)]
+struct FakeMm {
+    /// The M2P: address and entries of a leaked host buffer.
+    m2p: (u64, u64),
+    owned: BTreeSet<u64>,
+    current: u64,
+    max: u64,
+    next_mfn: u64,
+}
+
+impl FakeMm {
+    fn new(nr_pages: u64) -> FakeMm {
+        let entries = FAKE_MFN_BASE + 4 * nr_pages + 64;
+        let m2p: &'static mut [u64] =
+            Box::leak(vec![INVALID_M2P_ENTRY; entries as usize].into_boxed_slice());
+        let mut owned = BTreeSet::new();
+        for pfn in 0..nr_pages {
+            let mfn = FAKE_MFN_BASE + 2 * pfn;
+            m2p[mfn as usize] = pfn;
+            owned.insert(mfn);
+        }
+        FakeMm {
+            m2p: (m2p.as_mut_ptr() as u64, entries),
+            owned,
+            current: nr_pages,
+            max: nr_pages,
+            next_mfn: FAKE_MFN_BASE + 2 * nr_pages,
+        }
+    }
 }
 
 thread_local! {
@@ -146,9 +205,9 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
     let scratch_end = scratch_start + (cfg.scratch_pages * PAGE_SIZE) as u64;
     let l4 = leak_pages(1);
     let shared_info = leak_pages(1);
-    let p2m: &'static [u64] = Box::leak(
+    let p2m: &'static mut [u64] = Box::leak(
         (0..cfg.nr_pages)
-            .map(|pfn| 0x1000 + 2 * pfn)
+            .map(|pfn| FAKE_MFN_BASE + 2 * pfn)
             .collect::<Box<[u64]>>(),
     );
 
@@ -158,7 +217,8 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
     si.flags = cfg.flags;
     si.pt_base = l4;
     si.nr_pt_frames = 4;
-    si.mfn_list = p2m.as_ptr() as u64;
+    // The kernel writes its P2M (ballooning): hand over a pointer with write provenance.
+    si.mfn_list = p2m.as_mut_ptr() as u64;
     set_cstr(&mut si.cmd_line, &cfg.cmdline);
     si.domid = DomId(cfg.domid);
     si.shared_info_va = shared_info;
@@ -180,9 +240,11 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
             read_only: vec![(l4, PAGE_SIZE as u64)],
             scratch: (scratch_start, scratch_end),
             in_multicall: false,
+            mm: FakeMm::new(cfg.nr_pages),
             out: Outcome::default(),
         })
     });
+    crate::mm::pv::forget_machphys();
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `si` is leaked, so valid and unchanged forever; its free region is a
         // leaked host buffer nothing else uses; RUN_LOCK makes this the only running
@@ -193,6 +255,7 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
         .with(|f| f.borrow_mut().take())
         .expect("fake installed above");
     let mut out = fake.out;
+    out.reservation = fake.mm.current;
     match result {
         Ok(()) => unreachable!("a kernel main function returned"),
         Err(payload) if payload.is::<ShutdownUnwind>() => {}
@@ -316,7 +379,7 @@ impl Fake {
                     self.out.yields += 1;
                     Ok(0)
                 }
-                SchedOpCmd::Block => Err(Errno::ENOSYS),
+                SchedOpCmd::Block | SchedOpCmd::Poll => Err(Errno::ENOSYS),
                 SchedOpCmd::Shutdown => {
                     self.check(a[1], 4, false)?;
                     // SAFETY: 4 readable bytes of a live host buffer (`check`).
@@ -326,6 +389,19 @@ impl Fake {
                 }
             },
             HypercallNr::DomainId => Ok(self.cfg.domid as u64),
+            HypercallNr::MmuUpdate => self.mmu_update(a),
+            HypercallNr::MmuextOp => self.mmuext_op(a),
+            HypercallNr::UpdateVaMapping => {
+                let (va, val, flags) = (a[0], a[1], a[2]);
+                let bad_flags = flags & !UVMF_FLUSHTYPE_MASK != 0 || flags == UVMF_FLUSHTYPE_MASK;
+                if bad_flags || !abi::layout::is_canonical(va) || abi::layout::is_hypervisor_va(va)
+                {
+                    return Err(Errno::EINVAL);
+                }
+                self.out.va_updates.push((va, val, flags));
+                Ok(0)
+            }
+            HypercallNr::MemoryOp => self.memory_op(a[0], a[1]),
             HypercallNr::Multicall => {
                 if self.in_multicall {
                     return Err(Errno::EINVAL);
@@ -352,6 +428,168 @@ impl Fake {
                     }
                 }
                 Ok(0)
+            }
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+}
+
+impl Fake {
+    fn is_self(&self, domid: u64) -> bool {
+        domid == DomId::SELF.0 as u64 || domid == self.cfg.domid as u64
+    }
+
+    /// Writes the `done` count (a u32) of a batch if the guest asked for it.
+    fn write_done(&self, done_ptr: u64, done: u32) -> Result<(), Errno> {
+        if done_ptr != 0 {
+            self.check(done_ptr, 4, true)?;
+            // SAFETY: 4 writable bytes of a live host buffer (`check`).
+            unsafe { (done_ptr as *mut u32).write_unaligned(done) };
+        }
+        Ok(())
+    }
+
+    fn mmu_update(&mut self, a: [u64; 5]) -> Result<u64, Errno> {
+        let (reqs, count, done_ptr, foreigndom) = (a[0], a[1], a[2], a[3]);
+        if count > MMU_BATCH_MAX {
+            return Err(Errno::E2BIG);
+        }
+        if !self.is_self(foreigndom) {
+            return Err(Errno::ESRCH);
+        }
+        let mut result = Ok(0);
+        let mut done = 0;
+        for i in 0..count {
+            let addr = reqs.wrapping_add(16 * i);
+            if let Err(e) = self.check(addr, 16, false) {
+                result = Err(e);
+                break;
+            }
+            // SAFETY: 16 readable bytes of a live host buffer (`check`).
+            let req = unsafe { (addr as *const MmuUpdate).read_unaligned() };
+            if req.ptr & 3 == MMU_MACHPHYS_UPDATE {
+                let mfn = req.ptr >> 12;
+                if !self.mm.owned.contains(&mfn) || mfn >= self.mm.m2p.1 {
+                    result = Err(Errno::EPERM);
+                    break;
+                }
+                // SAFETY: `mfn` is below the leaked M2P buffer's length.
+                unsafe { (self.mm.m2p.0 as *mut u64).add(mfn as usize).write(req.val) };
+            } else if req.ptr & 7 != 0 {
+                result = Err(Errno::EINVAL);
+                break;
+            }
+            self.out.mmu_updates.push(req);
+            done += 1;
+        }
+        self.write_done(done_ptr, done)?;
+        result
+    }
+
+    fn mmuext_op(&mut self, a: [u64; 5]) -> Result<u64, Errno> {
+        let (ops, count, done_ptr, foreigndom) = (a[0], a[1], a[2], a[3]);
+        if count > MMU_BATCH_MAX {
+            return Err(Errno::E2BIG);
+        }
+        if !self.is_self(foreigndom) {
+            return Err(Errno::ESRCH);
+        }
+        let mut result = Ok(0);
+        let mut done = 0;
+        for i in 0..count {
+            let addr = ops.wrapping_add(24 * i);
+            if let Err(e) = self.check(addr, 24, false) {
+                result = Err(e);
+                break;
+            }
+            // SAFETY: 24 readable bytes of a live host buffer (`check`).
+            let op = unsafe { (addr as *const MmuextOp).read_unaligned() };
+            if op.cmd > abi::mm::MMUEXT_INVLPG_LOCAL {
+                result = Err(Errno::ENOSYS);
+                break;
+            }
+            self.out.mmuext_ops.push(op);
+            done += 1;
+        }
+        self.write_done(done_ptr, done)?;
+        result
+    }
+
+    fn memory_op(&mut self, cmd: u64, arg: u64) -> Result<u64, Errno> {
+        match cmd {
+            XENMEM_CURRENT_RESERVATION | XENMEM_MAXIMUM_RESERVATION => {
+                self.check(arg, 2, false)?;
+                // SAFETY: 2 readable bytes of a live host buffer (`check`).
+                let domid = unsafe { (arg as *const u16).read_unaligned() };
+                if !self.is_self(domid as u64) {
+                    return Err(Errno::ESRCH);
+                }
+                Ok(if cmd == XENMEM_CURRENT_RESERVATION {
+                    self.mm.current
+                } else {
+                    self.mm.max
+                })
+            }
+            XENMEM_MACHPHYS_MAPPING => {
+                self.check(arg, 24, true)?;
+                let (start, entries) = self.mm.m2p;
+                let m = MachphysMapping {
+                    v_start: start,
+                    v_end: start + 8 * entries,
+                    max_mfn: entries - 1,
+                };
+                // SAFETY: 24 writable bytes of a live host buffer (`check`).
+                unsafe { (arg as *mut MachphysMapping).write_unaligned(m) };
+                Ok(0)
+            }
+            XENMEM_INCREASE_RESERVATION | XENMEM_POPULATE_PHYSMAP | XENMEM_DECREASE_RESERVATION => {
+                self.check(arg, 32, false)?;
+                // SAFETY: 32 readable bytes of a live host buffer (`check`).
+                let r = unsafe { (arg as *const MemoryReservation).read_unaligned() };
+                if r.nr_extents > RESERVATION_MAX_EXTENTS {
+                    return Err(Errno::E2BIG);
+                }
+                if r.extent_order != 0 || r.mem_flags != 0 || !self.is_self(r.domid as u64) {
+                    return Err(Errno::EINVAL);
+                }
+                let increase = cmd != XENMEM_DECREASE_RESERVATION;
+                self.check(r.extent_start, 8 * r.nr_extents, increase)?;
+                let list = r.extent_start as *mut u64;
+                let mut done = 0;
+                for i in 0..r.nr_extents as usize {
+                    if increase {
+                        if self.mm.current >= self.mm.max || self.mm.next_mfn >= self.mm.m2p.1 {
+                            break;
+                        }
+                        let mfn = self.mm.next_mfn;
+                        self.mm.next_mfn += 1;
+                        self.mm.owned.insert(mfn);
+                        self.mm.current += 1;
+                        // SAFETY: extent `i` of the checked, writable host buffer.
+                        unsafe { list.add(i).write_unaligned(mfn) };
+                    } else {
+                        // SAFETY: extent `i` of the checked host buffer.
+                        let mfn = unsafe { list.add(i).read_unaligned() };
+                        if !self.mm.owned.remove(&mfn) {
+                            if done == 0 {
+                                return Err(Errno::EPERM);
+                            }
+                            break;
+                        }
+                        // SAFETY: owned frames are below the M2P buffer's length.
+                        unsafe {
+                            (self.mm.m2p.0 as *mut u64)
+                                .add(mfn as usize)
+                                .write(INVALID_M2P_ENTRY)
+                        };
+                        self.mm.current -= 1;
+                    }
+                    done += 1;
+                }
+                if increase && done == 0 && r.nr_extents > 0 {
+                    return Err(Errno::ENOMEM);
+                }
+                Ok(done)
             }
             _ => Err(Errno::ENOSYS),
         }
@@ -399,6 +637,7 @@ mod tests {
                 read_only: Vec::new(),
                 scratch: (0, 0),
                 in_multicall: false,
+                mm: FakeMm::default(),
                 out: Outcome::default(),
             })
         });

@@ -19,6 +19,9 @@ use abi::{DomId, Errno, HypercallNr};
 
 pub use crate::hypercall::Path;
 
+mod mm;
+pub use mm::*;
+
 static DEFAULT_PATH: AtomicU8 = AtomicU8::new(Path::Syscall as u8);
 
 /// The path the free functions of this module use.

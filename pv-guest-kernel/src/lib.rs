@@ -26,16 +26,25 @@
 //!   start_info page), [`rt::start_info`], and the panic handler (`panic: <where>: <msg>`,
 //!   then shutdown with reason crash);
 //! - [`hypercall`]: the raw `syscall` and `int 0x82` entry paths;
-//! - [`hv`]: safe typed hypercalls (console, version, features, domain id, yield,
-//!   shutdown, multicall), per [`hv::Path`] or on the default path;
+//! - [`hv`]: typed hypercalls (console, version, features, domain id, yield, shutdown,
+//!   multicall, and the memory protocol: `mmu_update`, `update_va_mapping`, `mmuext_op`,
+//!   `memory_op`, with raw `*_raw` forms for hostile tests), per [`hv::Path`] or on the
+//!   default path;
 //! - [`console`]: [`print!`] / [`println!`], line-buffered onto `console_io`;
 //! - [`cmdline`]: `key=value` command lines;
-//! - [`mem`]: end of memory, the P2M list, a page allocator over free memory;
+//! - [`mem`]: end of memory, the start-of-day map, the P2M list, a bump allocator over
+//!   free memory;
+//! - [`mm`]: page tables under the hypervisor's rules: the [`mm::Mmu`] platform trait
+//!   (PV implementation: [`mm::pv::PvMmu`]), a page allocator with ballooning
+//!   ([`mm::pv::PvFrames`]), address spaces ([`mm::AddressSpace`]), writable page tables
+//!   ([`mm::ptwr`]);
 //! - [`xtf`]: XTF-style checks and the `Test result:` line.
 //!
 //! On the host (`cargo test`) everything but the assembly and the panic handler
 //! compiles; hypercalls go to the fake hypervisor in [`host`], so kernels can be run as
-//! host tests with [`host::run`].
+//! host tests with [`host::run`]. The fake has no page tables (see [`host`] for what it
+//! checks of the memory hypercalls); [`mm`]'s portable parts are tested against a
+//! simulated MMU instead.
 #![cfg_attr(target_os = "none", no_std)]
 
 pub use abi;
@@ -47,6 +56,7 @@ pub mod host;
 pub mod hv;
 pub mod hypercall;
 pub mod mem;
+pub mod mm;
 pub mod rt;
 pub mod xtf;
 

@@ -9,6 +9,8 @@
 
 mod events;
 mod vcpu;
+#[cfg(test)]
+mod vcpu_tests;
 
 use crate::builder::{self, BuildError, BuildSpec, Built, HV_L4_SLOTS};
 use crate::console::{emit_line, ConsoleSink};
@@ -398,6 +400,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             timer: None,
             ports,
             wait: crate::domain::Wait::None,
+            poll_ports: [0; abi::vcpu::SCHED_POLL_MAX_PORTS as usize],
             weight,
         });
         log(

@@ -24,6 +24,9 @@ const fn has_error_code(v: u8) -> bool {
     matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
 }
 
+/// How early a timer may fire (Xen's default timer slop is also 50 us).
+pub const TIMER_SLOP_NS: u64 = 50_000;
+
 /// Offset of vcpu_info[0].time in shared_info.
 const TIME_OFFSET: u64 = 32;
 
@@ -195,8 +198,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             return Ok(0);
         }
         if let Some(d) = self.domains[idx].as_mut() {
+            d.poll_ports = ports;
             d.wait = Wait::Poll {
-                ports,
                 n,
                 timeout: p.timeout,
             };
@@ -220,7 +223,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         let wake = match d.wait {
             Wait::None => false,
             Wait::Block => upcall,
-            Wait::Poll { ports, n, .. } => ports[..n].contains(&port),
+            Wait::Poll { n, .. } => d.poll_ports[..n.min(d.poll_ports.len())].contains(&port),
         };
         if wake {
             d.wait = Wait::None;
@@ -228,9 +231,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         }
     }
 
-    /// Fires expired one-shot timers (VIRQ_TIMER) and poll timeouts.
+    /// Fires expired one-shot timers (VIRQ_TIMER) and poll timeouts. Timers within
+    /// [`TIMER_SLOP_NS`] of now fire now (the hardware timer may wake us a little early).
     pub(super) fn fire_timers(&mut self) {
-        let now = self.now;
+        let now = self.now.saturating_add(TIMER_SLOP_NS);
         for idx in 0..self.domains.len() {
             let Some(d) = self.domains[idx].as_mut() else {
                 continue;

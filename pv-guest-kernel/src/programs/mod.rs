@@ -7,7 +7,10 @@
 mod badptr;
 mod basic;
 mod crash;
+mod memory;
+mod mm_hostile;
 mod multicall;
+mod ptwr_bad;
 
 use pv_guest_kernel::abi::start_info::StartInfo;
 use pv_guest_kernel::cmdline::Cmdline;
@@ -57,6 +60,22 @@ pub static PROGRAMS: &[Program] = &[
         name: "multicall",
         about: "one batch of mixed calls; exact per-entry results",
         run: multicall::run,
+    },
+    Program {
+        name: "memory",
+        about:
+            "allocator, two address spaces, many pages, destroy, ballooning, writable page tables",
+        run: memory::run,
+    },
+    Program {
+        name: "mm-hostile",
+        about: "refused page-table updates, pins, reservations and batches get exact errors",
+        run: mm_hostile::run,
+    },
+    Program {
+        name: "ptwr-bad",
+        about: "a direct L1 store mapping the hypervisor's frame; must be killed",
+        run: ptwr_bad::run,
     },
     Program {
         name: "crash-null",
@@ -218,6 +237,23 @@ mod tests {
                 out.console
             );
             assert_eq!(out.results(), ["Test result: FAILURE (survived)"], "{name}");
+            assert_eq!(out.shutdown, Some(ShutdownReason::Crash), "{name}");
+        }
+    }
+
+    #[test]
+    fn mm_programs_need_the_real_hypervisor() {
+        // The fake has no page tables and the host has no start-of-day map: each program
+        // must notice, print exactly one result line and crash cleanly (no host panic).
+        for name in ["memory", "mm-hostile", "ptwr-bad"] {
+            let out = run_test(&format!("test={name}"));
+            assert_eq!(out.panic, None, "{name}: {}", out.console);
+            assert_eq!(out.results().len(), 1, "{name}: {}", out.console);
+            assert!(
+                out.results()[0].starts_with("Test result: ERROR ("),
+                "{name}: {}",
+                out.console
+            );
             assert_eq!(out.shutdown, Some(ShutdownReason::Crash), "{name}");
         }
     }
