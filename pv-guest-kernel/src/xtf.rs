@@ -207,14 +207,33 @@ impl Checker {
     }
 
     /// [`Checker::report`], then shuts down: poweroff on success, crash on failure.
+    ///
+    /// With `reboots=N` on the command line a passing test asks to be restarted
+    /// (`shutdown(reboot)`) until the hypervisor's `generation=K` reaches N: a whole
+    /// domain is then built and torn down N+1 times (see the hypervisor's
+    /// `max_restarts`).
     pub fn finish(&self) -> ! {
-        let reason = if self.report() {
-            ShutdownReason::Poweroff
-        } else {
+        let reason = if !self.report() {
             ShutdownReason::Crash
+        } else if wants_reboot() {
+            crate::println!("rebooting (reboots requested)");
+            ShutdownReason::Reboot
+        } else {
+            ShutdownReason::Poweroff
         };
         hv::shutdown(reason)
     }
+}
+
+/// True if the command line asks for `reboots=N` and this instance's `generation=K` < N.
+fn wants_reboot() -> bool {
+    let Some(si) = crate::rt::start_info() else {
+        return false;
+    };
+    let c = crate::cmdline::Cmdline::new(si.cmdline());
+    let reboots = c.get_u64("reboots").ok().flatten().unwrap_or(0);
+    let generation = c.get_u64("generation").ok().flatten().unwrap_or(0);
+    generation < reboots
 }
 
 /// Prints `Test result: FAILURE (<why>)` and shuts down with reason crash.

@@ -978,6 +978,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         // Nothing runs on its page tables from here on (the arch layer switches away
         // before returning to any guest): drop its base pointer and pins (which
         // devalidates its tables), then give back every frame nobody else references.
+        self.sched.account(self.now);
+        let cpu_ns = self.sched.stats(idx).map_or(0, |s| s.run_ns);
         let _ = self.sched.remove(idx, self.now);
         self.close_all_ports(idx);
         if let Some(d) = self.domains[idx].as_mut() {
@@ -992,12 +994,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         log(
             &mut self.console,
             format_args!(
-                "{id} ended: {how}; {freed} frames freed{}, {hypercalls} hypercalls served",
+                "{id} ended: {how}; {freed} frames freed{}, {hypercalls} hypercalls served, cpu time {} us",
                 if zombies > 0 {
                     " (some still referenced by other domains)"
                 } else {
                     ""
-                }
+                },
+                cpu_ns / 1000
             ),
         );
         if how == Ending::Shutdown(ShutdownReason::Reboot) {
