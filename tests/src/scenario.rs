@@ -236,6 +236,39 @@ impl Outcome {
             .collect()
     }
 
+    /// CPU time of domain `domid` in microseconds, from the hypervisor's
+    /// `[hv] dN ended: ... cpu time X us` line (the last instance if it restarted).
+    pub fn cpu_time_us(&self, domid: u16) -> Option<u64> {
+        let prefix = format!("[hv] d{domid} ended: ");
+        self.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| {
+                l.split("cpu time ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .last()
+    }
+
+    /// The first number following `key` on the last line starting with `prefix`, e.g.
+    /// `number_after("[d1] ", "hog: ")`.
+    pub fn number_after(&self, prefix: &str, key: &str) -> Option<u64> {
+        self.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| {
+                l.split(key)
+                    .nth(1)?
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .last()
+    }
+
     /// Whether some line starts with `prefix`.
     pub fn has_line_starting(&self, prefix: &str) -> bool {
         self.lines().any(|l| l.starts_with(prefix))
