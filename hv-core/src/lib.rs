@@ -24,12 +24,14 @@
 //! | [`time`] | TSC -> system time, the pvclock scale published to guests |
 //! | [`pod`] | the single place ABI structs are viewed as bytes |
 //! | [`ptwr_decode`] | decoding the guest store that faulted on a read-only page-table page |
+//! | [`emulate`] | trap-and-emulate: privileged instructions (`#GP`) and the forced-emulation `cpuid` (`#UD`) against the virtual CPU |
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod builder;
 pub mod console;
 pub mod domain;
+pub mod emulate;
 pub mod evtchn;
 pub mod frame_table;
 pub mod guest_mem;
