@@ -116,6 +116,10 @@ pub struct Domain {
     pub poll_ports: [u32; abi::vcpu::SCHED_POLL_MAX_PORTS as usize],
     /// Scheduling weight.
     pub weight: u16,
+    /// Virtual CPU state seen by emulated privileged instructions.
+    pub virt_cpu: crate::emulate::VirtCpu,
+    /// Instructions emulated.
+    pub emulations: u64,
 }
 
 /// What a vCPU is waiting for.

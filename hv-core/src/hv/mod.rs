@@ -7,6 +7,7 @@
 //! back to the free pool, and the next runnable domain runs. When none is left, the
 //! verdict is success iff every domain that was started shut down with `poweroff`.
 
+mod emul;
 mod events;
 mod vcpu;
 #[cfg(test)]
@@ -131,6 +132,9 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     max_restarts: u32,
     discard_regs: bool,
     switch_to_idle: fn(),
+    port_in: fn(u16, u8) -> u32,
+    port_out: fn(u16, u8, u32),
+    cpuid: fn(u32, u32) -> [u32; 4],
     sched: crate::sched::Scheduler,
     clock: crate::time::Clock,
     now: u64,
@@ -182,6 +186,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             max_restarts: 0,
             discard_regs: false,
             switch_to_idle: || {},
+            port_in: |_, _| u32::MAX,
+            port_out: |_, _, _| {},
+            cpuid: |_, _| [0; 4],
             sched: crate::sched::Scheduler::new(),
             clock: crate::time::Clock::new(1_000_000_000, 0),
             now: 0,
@@ -288,6 +295,19 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             .position(|d| d.as_ref().is_some_and(|d| d.id == id))
             .and_then(|i| self.sched.stats(i))
             .map_or(0, |s| s.run_ns)
+    }
+
+    /// Sets the real port I/O and CPUID used by emulation (arch layer; host tests keep
+    /// the defaults: ports float high, CPUID is all zeros).
+    pub fn set_hardware(
+        &mut self,
+        port_in: fn(u16, u8) -> u32,
+        port_out: fn(u16, u8, u32),
+        cpuid: fn(u32, u32) -> [u32; 4],
+    ) {
+        self.port_in = port_in;
+        self.port_out = port_out;
+        self.cpuid = cpuid;
     }
 
     /// Sets how to leave a dying domain's page tables before they are freed (the arch
@@ -402,6 +422,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             wait: crate::domain::Wait::None,
             poll_ports: [0; abi::vcpu::SCHED_POLL_MAX_PORTS as usize],
             weight,
+            virt_cpu: crate::emulate::VirtCpu::reset(),
+            emulations: 0,
         });
         log(
             &mut self.console,
@@ -473,6 +495,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                         );
                     }
                 }
+            }
+        }
+        // Trap-and-emulate: a privileged instruction (#GP(0)) or a forced-emulation cpuid
+        // (#UD).
+        if (f.vector == 13 && f.error_code == 0) || f.vector == 6 {
+            if let emul::Emulated::Yes = self.try_emulate(regs, f.vector == 6) {
+                return self.after_event(regs);
             }
         }
         if self.deliver_exception(regs, f.vector, f.error_code, f.cr2) {

@@ -644,3 +644,154 @@ fn idle_until_a_timer_then_run() {
         "{next:?}"
     );
 }
+
+#[test]
+fn privileged_instructions_are_emulated_against_the_virtual_cpu() {
+    let mut t = T::new();
+    let s = t.scratch;
+    let code = s + 4096;
+    let si0 = t.shared_info(DomId(0));
+    let run = |t: &mut T, bytes: &[u8]| {
+        t.poke(code, bytes);
+        t.regs.rip = code;
+        t.hv.guest_fault(
+            &mut t.regs,
+            GuestFault {
+                vector: 13,
+                error_code: 0,
+                cr2: 0,
+            },
+        )
+    };
+    // sti (0xfb) unmasks events, cli (0xfa) masks them.
+    run(&mut t, &[0xfb]);
+    assert_eq!(t.regs.rip, code + 1);
+    assert!(!evtchn::upcall_masked(&t.hv.mem, si0));
+    run(&mut t, &[0xfa]);
+    assert!(evtchn::upcall_masked(&t.hv.mem, si0));
+    // out 0xe9, al: the virtual debug console.
+    for b in b"emulated\n" {
+        t.regs.rax = u64::from(*b);
+        run(&mut t, &[0xe6, 0xe9]);
+    }
+    assert!(t.hv.console.out.contains("[d0] emulated\n"));
+    // in al, dx (dx = 0x3fd): the virtual UART says its transmitter is empty.
+    t.regs.rax = 0xffff_ffff_ffff_ff00;
+    t.regs.rdx = 0x3fd;
+    run(&mut t, &[0xec]);
+    assert_eq!(
+        t.regs.rax, 0xffff_ffff_ffff_ff60,
+        "8-bit in keeps the rest of rax"
+    );
+    // mov rax, cr3 / mov cr3, rax (same value) go through base-pointer validation.
+    run(&mut t, &[0x0f, 0x20, 0xd8]);
+    let l4 = t.hv.current().unwrap().l4;
+    assert_eq!(t.regs.rax, l4.maddr());
+    let next = run(&mut t, &[0x0f, 0x22, 0xd8]);
+    assert!(matches!(
+        next,
+        Next::Run {
+            flush_tlb: true,
+            ..
+        }
+    ));
+    crate::mm::audit(
+        &t.hv.frames,
+        &t.hv.mem,
+        &[
+            l4,
+            t.hv.domain(DomId(1)).unwrap().l4,
+            t.hv.domain(DomId(2)).unwrap().l4,
+        ],
+    )
+    .unwrap();
+    // mov cr3 to a frame that is not a valid L4 (a data page): #GP, no handler: crash.
+    let data =
+        t.hv.frames
+            .iter()
+            .find(|(_, f)| {
+                f.owner == crate::frame_table::Owner::Domain(DomId(0))
+                    && f.ptype == crate::frame_table::PageType::Writable
+            })
+            .unwrap()
+            .0;
+    t.regs.rax = data.maddr() + 4096; // the next frame: still d0's, writable-mapped
+    run(&mut t, &[0x0f, 0x22, 0xd8]);
+    assert!(
+        t.hv.console.out.contains("d0 crashed"),
+        "{}",
+        t.hv.console.out
+    );
+}
+
+#[test]
+fn unprivileged_port_access_and_unemulated_instructions_fault() {
+    let mut t = T::new();
+    t.yield_to(DomId(1));
+    let code = t.scratch + 4096;
+    // in al, 0x21 (the real PIC) from a domU: #GP, which it has no handler for.
+    t.poke(code, &[0xe4, 0x21]);
+    t.regs.rip = code;
+    t.hv.guest_fault(
+        &mut t.regs,
+        GuestFault {
+            vector: 13,
+            error_code: 0,
+            cr2: 0,
+        },
+    );
+    assert!(
+        t.hv.console.out.contains("d1 crashed: vector 13 (#GP)"),
+        "{}",
+        t.hv.console.out
+    );
+    // d2: mov rax, dr7 is not emulated.
+    t.yield_to(DomId(2));
+    t.poke(code, &[0x0f, 0x21, 0xf8]);
+    t.regs.rip = code;
+    t.hv.guest_fault(
+        &mut t.regs,
+        GuestFault {
+            vector: 13,
+            error_code: 0,
+            cr2: 0,
+        },
+    );
+    assert!(t.hv.console.out.contains("d2 crashed: vector 13 (#GP)"));
+}
+
+#[test]
+fn forced_emulation_prefix_runs_cpuid() {
+    let mut t = T::new();
+    let code = t.scratch + 4096;
+    t.poke(code, &[0x0f, 0x0b, 0x78, 0x65, 0x6e, 0x0f, 0xa2]);
+    t.regs.rip = code;
+    t.regs.rax = 0x4000_0000;
+    t.regs.rcx = 0;
+    t.hv.guest_fault(
+        &mut t.regs,
+        GuestFault {
+            vector: 6,
+            error_code: 0,
+            cr2: 0,
+        },
+    );
+    assert_eq!(t.regs.rip, code + 7);
+    let sig: Vec<u8> = [t.regs.rbx, t.regs.rcx, t.regs.rdx]
+        .iter()
+        .flat_map(|r| (*r as u32).to_le_bytes())
+        .collect();
+    assert_eq!(&sig, b"PvhRsPvhRsPv");
+    // A plain ud2 is still a #UD (and kills the guest without a handler).
+    t.poke(code, &[0x0f, 0x0b, 0x90]);
+    t.regs.rip = code;
+    t.hv.guest_fault(
+        &mut t.regs,
+        GuestFault {
+            vector: 6,
+            error_code: 0,
+            cr2: 0,
+        },
+    );
+    assert!(t.hv.console.out.contains("d0 crashed: vector 6 (#UD)"));
+}

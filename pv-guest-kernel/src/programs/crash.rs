@@ -28,7 +28,9 @@ pub fn int3(_env: &Env) -> ! {
 }
 
 pub fn privileged(_env: &Env) -> ! {
-    attempt("execute hlt in ring 3", ops::hlt)
+    // hlt, cli, out... are emulated now (trap-and-emulate); reading a debug register is
+    // privileged and deliberately not emulated, so it still ends in #GP.
+    attempt("read dr7 in ring 3 (privileged, not emulated)", ops::read_dr7)
 }
 
 pub fn hv(_env: &Env) -> ! {
@@ -67,10 +69,10 @@ mod ops {
         unsafe { asm!("int3", options(nostack, nomem)) };
     }
 
-    pub fn hlt() {
-        // SAFETY: a deliberate #GP (hlt is privileged and we run in ring 3); if it were
-        // emulated, halting changes no state the compiler knows of.
-        unsafe { asm!("hlt", options(nostack, nomem)) };
+    pub fn read_dr7() {
+        // SAFETY: a deliberate #GP (debug registers are privileged and we run in ring 3);
+        // if it returned, only a scratch register changed.
+        unsafe { asm!("mov {}, dr7", out(reg) _, options(nostack, nomem)) };
     }
 }
 
@@ -80,5 +82,5 @@ mod ops {
     pub fn read(_addr: u64) {}
     pub fn ud2() {}
     pub fn int3() {}
-    pub fn hlt() {}
+    pub fn read_dr7() {}
 }

@@ -18,6 +18,25 @@ pub fn outl(port: u16, v: u32) {
     unsafe { Port::<u32>::new(port).write(v) }
 }
 
+/// Writes a word to an I/O port (dom0's devices, through emulation).
+pub fn outw(port: u16, v: u16) {
+    // SAFETY: as for `outb`; the port policy in `hv::emul` keeps the hypervisor's own
+    // devices out of reach.
+    unsafe { Port::<u16>::new(port).write(v) }
+}
+
+/// Reads a word from an I/O port.
+pub fn inw(port: u16) -> u16 {
+    // SAFETY: port reads have no effect on memory the compiler knows about.
+    unsafe { Port::<u16>::new(port).read() }
+}
+
+/// Reads a dword from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    // SAFETY: port reads have no effect on memory the compiler knows about.
+    unsafe { Port::<u32>::new(port).read() }
+}
+
 /// Reads a byte from an I/O port.
 pub fn inb(port: u16) -> u8 {
     // SAFETY: reading the serial/PIC ports has no effect on memory.

@@ -446,6 +446,22 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
             exit_qemu(false);
         }
     };
+    hv.set_hardware(
+        |port, size| match size {
+            1 => u32::from(cpu::inb(port)),
+            2 => u32::from(cpu::inw(port)),
+            _ => cpu::inl(port),
+        },
+        |port, size, v| match size {
+            1 => cpu::outb(port, v as u8),
+            2 => cpu::outw(port, v as u16),
+            _ => cpu::outl(port, v),
+        },
+        |leaf, sub| {
+            let (a, b, c, d) = cpu::cpuid(leaf, sub);
+            [a, b, c, d]
+        },
+    );
     hv.set_idle_switch(|| {
         // SAFETY: the idle L4 maps the hypervisor (it is the one we booted on).
         unsafe { cpu::set_cr3(idle_l4() - DIRECTMAP_BASE) }

@@ -1,0 +1,256 @@
+//! Trap-and-emulate glue: a guest's privileged instruction (#GP(0)) or a forced-emulation
+//! `cpuid` (#UD with Xen's `ud2; "xen"` prefix) is decoded by [`crate::emulate`] and
+//! applied to the domain's virtual CPU through [`Env`], implemented here.
+//!
+//! Port policy (per domain): the hypervisor owns the PIC, PIT, CMOS, COM1, the PCI
+//! configuration ports and QEMU's debug-exit port; every domain sees *virtual* devices
+//! instead: a write-only 16550-like COM1 at 0x3f8 whose transmit register feeds the
+//! domain's console, the Bochs debug port 0xe9 (console), and the POST port 0x80
+//! (ignored). dom0 may reach every other real port (a device driver domain needs them);
+//! an unprivileged domain gets #GP for any other port.
+
+use super::{log, Hypervisor};
+use crate::console::{emit_line, ConsoleSink};
+use crate::domain::{Ending, VcpuRegs};
+use crate::emulate::{self, Env, Fault, Outcome};
+use crate::evtchn;
+use crate::guest_mem::GuestMem;
+use crate::mem::MachineMemory;
+use crate::mm::{Actor, Mm};
+use abi::Mfn;
+
+/// Ports the hypervisor itself drives (never passed through to dom0).
+fn hypervisor_port(port: u16) -> bool {
+    matches!(port, 0x20..=0x21 | 0xa0..=0xa1 | 0x40..=0x43 | 0x61 | 0x70..=0x71 | 0x3f8..=0x3ff | 0xf4..=0xf7 | 0xcf8..=0xcff)
+}
+
+/// What emulation asked of the hypervisor besides register/virtual-CPU changes.
+#[derive(Default)]
+struct Effects {
+    halt: bool,
+    flush: bool,
+    masked: Option<bool>,
+}
+
+struct EmuEnv<'x, 'f, M: MachineMemory, C: ConsoleSink> {
+    hv: &'x mut Hypervisor<'f, M, C>,
+    idx: usize,
+    l4: Mfn,
+    actor: Actor,
+    fx: Effects,
+}
+
+impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
+    fn read_mem(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        GuestMem::new(&mut self.hv.mem, self.l4)
+            .read(va, buf)
+            .map_err(|_| Fault::Pf { addr: va, error: 0 })
+    }
+
+    fn io_in(&mut self, port: u16, size: u8) -> Result<u32, Fault> {
+        match port {
+            0x3fd => Ok(0x60),             // virtual COM1 LSR: transmitter empty
+            0x3f8..=0x3ff | 0xe9 => Ok(0), // other virtual COM1 registers read 0
+            0x80 => Ok(0xff),
+            _ if self.actor.privileged && !hypervisor_port(port) => {
+                Ok((self.hv.port_in)(port, size))
+            }
+            _ => Err(Fault::Gp(0)),
+        }
+    }
+
+    fn io_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Fault> {
+        match port {
+            0x3f8 | 0xe9 => {
+                let id = self.hv.domains[self.idx].as_ref().map(|d| d.id);
+                let console = &mut self.hv.console;
+                if let (Some(id), Some(d)) = (id, self.hv.domains[self.idx].as_mut()) {
+                    d.console
+                        .push(&[value as u8], !self.actor.privileged, &mut |line| {
+                            emit_line(console, format_args!("{id}"), line)
+                        });
+                }
+                Ok(())
+            }
+            0x3f9..=0x3ff | 0x80 => Ok(()),
+            _ if self.actor.privileged && !hypervisor_port(port) => {
+                (self.hv.port_out)(port, size, value);
+                Ok(())
+            }
+            _ => Err(Fault::Gp(0)),
+        }
+    }
+
+    fn read_cr3(&mut self) -> u64 {
+        self.l4.maddr()
+    }
+
+    fn write_cr3(&mut self, value: u64) -> Result<(), Fault> {
+        // Same validation as MMUEXT_NEW_BASEPTR: the frame must be usable as an L4.
+        let new = Mfn((value & crate::paging::PTE_ADDR_MASK) >> 12);
+        let hv = &mut *self.hv;
+        let mut mm = Mm {
+            frames: &mut hv.frames,
+            mem: &mut hv.mem,
+            hv_l4e: &hv.hypervisor_l4e,
+            budget: &mut hv.budget,
+        };
+        mm.get_base(new, self.actor).map_err(|_| Fault::Gp(0))?;
+        mm.put_base(self.l4);
+        if let Some(d) = hv.domains[self.idx].as_mut() {
+            d.l4 = new;
+        }
+        self.l4 = new;
+        self.fx.flush = true;
+        Ok(())
+    }
+
+    fn set_interrupts_masked(&mut self, masked: bool) {
+        self.fx.masked = Some(masked);
+    }
+
+    fn halt(&mut self) {
+        self.fx.halt = true;
+    }
+
+    fn flush_tlb(&mut self, _va: Option<u64>) {
+        self.fx.flush = true;
+    }
+
+    fn cpuid(&mut self, leaf: u32, sub: u32) -> [u32; 4] {
+        (self.hv.cpuid)(leaf, sub)
+    }
+
+    fn rdtsc(&mut self) -> u64 {
+        self.hv.now_tsc
+    }
+}
+
+/// Whether a fault was handled by emulation.
+pub(super) enum Emulated {
+    /// Not an emulation case: handle the fault normally.
+    No,
+    /// Emulated (rip advanced) or turned into a fault delivered/crashed already.
+    Yes,
+}
+
+impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
+    /// Tries to emulate the instruction at `regs.rip` of the current domain after a
+    /// #GP(0) (`forced == false`) or a #UD (`forced == true`).
+    pub(super) fn try_emulate(&mut self, regs: &mut VcpuRegs, forced: bool) -> Emulated {
+        let Some(idx) = self.current else {
+            return Emulated::No;
+        };
+        let Some(d) = self.domains[idx].as_ref() else {
+            return Emulated::No;
+        };
+        let (l4, si, id, privileged, mut cpu) =
+            (d.l4, d.shared_info, d.id, d.privileged, d.virt_cpu);
+        // Fetch up to 15 bytes through the checked API, stopping at the first unreadable
+        // page: the guest's instruction bytes are untrusted input.
+        let mut bytes = [0u8; 15];
+        let mut n = 0;
+        while n < bytes.len() {
+            let chunk = (bytes.len() - n).min(4096 - ((regs.rip + n as u64) as usize & 4095));
+            if GuestMem::new(&mut self.mem, l4)
+                .read(regs.rip + n as u64, &mut bytes[n..n + chunk])
+                .is_err()
+            {
+                break;
+            }
+            n += chunk;
+        }
+        let fetch_fault_at = regs.rip + n as u64;
+        let mut env = EmuEnv {
+            hv: self,
+            idx,
+            l4,
+            actor: Actor {
+                dom: id,
+                privileged,
+            },
+            fx: Effects::default(),
+        };
+        let outcome = if forced {
+            match emulate::emulate_forced(&bytes[..n], regs, &mut cpu, &mut env) {
+                Some(o) => o,
+                None => return Emulated::No,
+            }
+        } else {
+            emulate::emulate_privileged(&bytes[..n], regs, &mut cpu, &mut env)
+        };
+        let fx = env.fx;
+        if let Some(d) = self.domains[idx].as_mut() {
+            d.virt_cpu = cpu;
+            d.emulations += 1;
+        }
+        match outcome {
+            Outcome::Emulated { len } => {
+                regs.rip = regs.rip.wrapping_add(len as u64);
+                if let Some(m) = fx.masked {
+                    evtchn::set_upcall_mask(&mut self.mem, si, m);
+                }
+                if fx.flush {
+                    self.flush_tlb = true;
+                }
+                if fx.halt {
+                    self.halt(idx);
+                }
+                Emulated::Yes
+            }
+            // Not emulated: the original #GP(0) stands (delivered or crashed with the usual
+            // logging by the caller).
+            Outcome::Fault(Fault::Gp(0)) if !forced => Emulated::No,
+            Outcome::Fault(f) => {
+                self.reflect(regs, f);
+                Emulated::Yes
+            }
+            Outcome::NeedMoreBytes => {
+                self.reflect(
+                    regs,
+                    Fault::Pf {
+                        addr: fetch_fault_at,
+                        error: 0x10,
+                    },
+                );
+                Emulated::Yes
+            }
+        }
+    }
+
+    /// Delivers `f` to the current guest's handler, or crashes it if it has none.
+    fn reflect(&mut self, regs: &mut VcpuRegs, f: Fault) {
+        let (vector, error, cr2) = match f {
+            Fault::Gp(e) => (13u8, e, 0),
+            Fault::Ud => (6, 0, 0),
+            Fault::Pf { addr, error } => (14, error, addr),
+        };
+        if !self.deliver_exception(regs, vector, error, cr2) {
+            if let Some(id) = self.current().map(|d| d.id) {
+                log(
+                    &mut self.console,
+                    format_args!(
+                        "{id} crashed: vector {vector} ({}) at rip {:#x}, error code {error:#x} (not emulated, no handler)",
+                        crate::domain::exception_name(vector),
+                        regs.rip
+                    ),
+                );
+            }
+            self.end_current(Ending::Killed { vector });
+        }
+    }
+
+    /// `hlt`: wait for any event (without changing the upcall mask).
+    fn halt(&mut self, idx: usize) {
+        let Some(si) = self.domains[idx].as_ref().map(|d| d.shared_info) else {
+            return;
+        };
+        if evtchn::event_pending(&self.mem, si) {
+            return;
+        }
+        if let Some(d) = self.domains[idx].as_mut() {
+            d.wait = crate::domain::Wait::Block;
+        }
+        let _ = self.sched.block(idx, self.now);
+    }
+}
