@@ -2,7 +2,8 @@
 //!
 //! For now it reports what the hypervisor gave it (one item per line), checks that it is
 //! really dom0 (XTF-style `Test result:` line), yields `yields=N` times (default 50) so
-//! other domains can run, and powers off (crash if the check failed). Real-device
+//! other domains can run, then, with `sleep_ms=N`, sleeps (blocked, costing no CPU) for
+//! N ms of system time, and powers off (crash if the check failed). Real-device
 //! drivers, backends, xenstore and the toolstack come later.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -12,7 +13,7 @@ use pv_guest_kernel::abi::PAGE_SIZE;
 use pv_guest_kernel::cmdline::Cmdline;
 use pv_guest_kernel::hv::{self, Features};
 use pv_guest_kernel::xtf::Checker;
-use pv_guest_kernel::{mem, println};
+use pv_guest_kernel::{mem, println, time};
 
 pv_guest_kernel::entry!(dom0_main);
 
@@ -112,8 +113,24 @@ fn dom0_main(si: &'static StartInfo) -> ! {
             failed_yields += 1;
         }
     }
-    println!("dom0: yielded {yields} times ({failed_yields} failed), shutting down");
-    hv::shutdown(if ok {
+    println!("dom0: yielded {yields} times ({failed_yields} failed)");
+    let sleep_ms = cmdline.u64_or("sleep_ms", 0);
+    let mut slept = true;
+    if sleep_ms > 0 {
+        let t0 = time::now_ns();
+        match time::sleep_ms(sleep_ms) {
+            Ok(()) => println!(
+                "dom0: slept {sleep_ms} ms ({} us of system time)",
+                (time::now_ns() - t0) / 1000
+            ),
+            Err(e) => {
+                println!("dom0: sleep({sleep_ms} ms) failed: {e}");
+                slept = false;
+            }
+        }
+    }
+    println!("dom0: shutting down");
+    hv::shutdown(if ok && slept {
         ShutdownReason::Poweroff
     } else {
         ShutdownReason::Crash
@@ -149,7 +166,8 @@ mod tests {
             "features: 0x7 (multicall int82 privileged)",
             "modules: 2",
             "module 1: maddr 0x400000, len 196608, cmdline \"guest.elf test=hello\"",
-            "dom0: yielded 3 times (0 failed), shutting down",
+            "dom0: yielded 3 times (0 failed)",
+            "dom0: shutting down",
         ] {
             assert!(
                 lines.contains(&want),
@@ -162,6 +180,21 @@ mod tests {
             .any(|l| l.starts_with("shared_info: maddr 0xabcd000, va 0x")));
         assert_eq!(out.results(), ["Test result: SUCCESS"], "{}", out.console);
         assert_eq!(out.yields, 3);
+        assert_eq!(out.shutdown, Some(ShutdownReason::Poweroff));
+    }
+
+    #[test]
+    fn sleeps_blocked_before_shutdown() {
+        let out = run(&Config::dom0("yields=0 sleep_ms=40"), dom0_main);
+        assert!(
+            out.lines()
+                .iter()
+                .any(|l| l.starts_with("dom0: slept 40 ms (") && l.ends_with(" us of system time)")),
+            "{}",
+            out.console
+        );
+        assert_eq!(out.blocks, 1);
+        assert!(out.now_ns >= 40_000_000);
         assert_eq!(out.shutdown, Some(ShutdownReason::Poweroff));
     }
 

@@ -10,6 +10,9 @@ use crate::mem::MachineMemory;
 use abi::vcpu::{IretFrame, FLAT_USER_CS, FLAT_USER_SS};
 use abi::Errno;
 
+/// RFLAGS bits cleared on entry to a handler: TF, DF, NT, RF, AC.
+pub const HANDLER_CLEARED_FLAGS: u64 = (1 << 8) | (1 << 10) | (1 << 14) | (1 << 16) | (1 << 18);
+
 /// RFLAGS.IF.
 pub const RFLAGS_IF: u64 = 1 << 9;
 /// Bytes below the interrupted stack pointer left untouched (the SysV red zone).
@@ -53,6 +56,10 @@ pub fn bounce<M: MachineMemory>(
     gm.write(sp, &bytes[..8 * n])?;
     regs.rsp = sp;
     regs.rip = handler;
+    // The handler starts clean, like a hardware interrupt gate (and Xen's bounce): no
+    // single-stepping into it, no nested-task, resume or alignment-check flags, DF clear.
+    // The interrupted values stay in the frame for iret.
+    regs.rflags &= !HANDLER_CLEARED_FLAGS;
     Ok(())
 }
 
@@ -151,6 +158,31 @@ mod tests {
         assert_eq!(
             (back.rip, back.rsp, back.rax, back.rcx, back.r11),
             (0x1111, B + 4000, 9, 7, 8)
+        );
+    }
+
+    #[test]
+    fn handlers_start_without_trap_flag() {
+        let mut mem = stack();
+        let mut gm = GuestMem::new(&mut mem, Mfn(1));
+        let mut r = VcpuRegs {
+            rip: 1,
+            rsp: B + 4000,
+            rflags: 0x202 | (1 << 8) | (1 << 10),
+            ..Default::default()
+        };
+        bounce(&mut gm, &mut r, 0x2222, None, false).unwrap();
+        assert_eq!(
+            r.rflags & HANDLER_CLEARED_FLAGS,
+            0,
+            "TF and DF cleared for the handler"
+        );
+        let mut f = [0u8; 8];
+        gm.read(r.rsp + 32, &mut f).unwrap();
+        assert_ne!(
+            u64::from_le_bytes(f) & (1 << 8),
+            0,
+            "the frame keeps the interrupted TF"
         );
     }
 

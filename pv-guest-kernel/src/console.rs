@@ -3,8 +3,9 @@
 //!
 //! The hypervisor prefixes every line with `[dN] `; kernels never print prefixes. A line
 //! longer than the buffer is written in pieces. There is no lock: guest kernels have one
-//! vCPU and no event upcalls yet, and every `print!` owns its buffer, so a panic while
-//! printing can still print.
+//! vCPU, and every `print!` owns its buffer, so an exception or event handler that prints
+//! in the middle of another `print!` (or a panic while printing) can still print; its
+//! line may land between two pieces of a long line, never inside a short one.
 
 use core::fmt;
 

@@ -12,6 +12,12 @@
 //! test must therefore only pass pointers to live buffers or to refused ranges, which is
 //! what real guest kernels do too.
 //!
+//! Virtual CPU (`host/vcpu.rs`): a virtual clock and TSC, one-shot timers, block and poll,
+//! the trap table and event callback (recorded: the host cannot raise exceptions), a
+//! port table with the hypervisor's rules, and upcalls, delivered after any hypercall
+//! that leaves one due by calling [`crate::events::handle_upcall`] as the upcall stub
+//! would. A block or poll that nothing could ever end panics (deadlock).
+//!
 //! Memory hypercalls: the fake has no page tables. It checks the batch limits and the
 //! guest pointers of `mmu_update`, `mmuext_op` and `update_va_mapping`, records the
 //! requests ([`Outcome::mmu_updates`], [`Outcome::mmuext_ops`], [`Outcome::va_updates`])
@@ -40,9 +46,13 @@ use abi::start_info::{
 };
 use abi::{DomId, Errno, HypercallNr, PAGE_SIZE};
 
+mod vcpu;
+
 use crate::hv::InterfaceVersion;
 use crate::hypercall::Path;
 use crate::rt::KernelMain;
+use vcpu::FakeVcpu;
+pub use vcpu::{BOOT_NS, TSC_STEP_NS, WALL_BASE_SECS};
 
 /// The domain the fake builds.
 #[derive(Clone, Debug)]
@@ -118,6 +128,18 @@ pub struct Outcome {
     pub va_updates: Vec<(u64, u64, u64)>,
     /// The domain's reservation (pages) at the end of the run.
     pub reservation: u64,
+    /// `sched_op(Block)` calls.
+    pub blocks: u64,
+    /// `sched_op(Poll)` calls.
+    pub polls: u64,
+    /// Upcalls delivered.
+    pub upcalls: u64,
+    /// Virtual system time (ns) at the end of the run.
+    pub now_ns: u64,
+    /// Vectors of the trap table registered last.
+    pub trap_vectors: Vec<u8>,
+    /// The event callback registered last (0: none).
+    pub event_callback: u64,
 }
 
 impl Outcome {
@@ -145,6 +167,7 @@ struct Fake {
     scratch: (u64, u64),
     in_multicall: bool,
     mm: FakeMm,
+    vcpu: FakeVcpu,
     out: Outcome,
 }
 
@@ -241,10 +264,14 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
             scratch: (scratch_start, scratch_end),
             in_multicall: false,
             mm: FakeMm::new(cfg.nr_pages),
+            vcpu: FakeVcpu::new(shared_info),
             out: Outcome::default(),
         })
     });
     crate::mm::pv::forget_machphys();
+    crate::traps::forget();
+    crate::events::forget();
+    crate::time::forget();
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `si` is leaked, so valid and unchanged forever; its free region is a
         // leaked host buffer nothing else uses; RUN_LOCK makes this the only running
@@ -256,6 +283,9 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
         .expect("fake installed above");
     let mut out = fake.out;
     out.reservation = fake.mm.current;
+    out.now_ns = fake.vcpu.now;
+    out.trap_vectors = fake.vcpu.traps.iter().map(|t| t.vector).collect();
+    out.event_callback = fake.vcpu.callback;
     match result {
         Ok(()) => unreachable!("a kernel main function returned"),
         Err(payload) if payload.is::<ShutdownUnwind>() => {}
@@ -272,15 +302,46 @@ pub fn run(cfg: &Config, main: KernelMain) -> Outcome {
     out
 }
 
-/// Routes a hypercall issued on the host to the calling thread's fake (`-ENOSYS` if none).
+/// Routes a hypercall issued on the host to the calling thread's fake (`-ENOSYS` if
+/// none), then delivers the upcalls that became due, as the hypervisor does on its way
+/// back to the guest.
 pub(crate) fn dispatch(path: Path, nr: u64, args: [u64; 5]) -> i64 {
-    FAKE.with(|f| match f.borrow_mut().as_mut() {
+    let ret = FAKE.with(|f| match f.borrow_mut().as_mut() {
         Some(fake) => {
             fake.out.calls.push((path, nr));
             fake.call(nr, args)
         }
         None => Errno::ENOSYS.to_ret(),
-    })
+    });
+    deliver_upcalls();
+    ret
+}
+
+/// Runs the event upcall while one is due (the fake's stand-in for bounce + `iret`).
+fn deliver_upcalls() {
+    let enter = || {
+        FAKE.with(|f| {
+            f.borrow_mut().as_mut().is_some_and(|fake| {
+                let due = fake.vcpu.enter_upcall();
+                fake.out.upcalls += u64::from(due);
+                due
+            })
+        })
+    };
+    while enter() {
+        crate::events::handle_upcall();
+        FAKE.with(|f| {
+            if let Some(fake) = f.borrow().as_ref() {
+                fake.vcpu.leave_upcall();
+            }
+        });
+    }
+}
+
+/// The virtual TSC of the current run (1 GHz, = system time in ns), advanced by
+/// [`TSC_STEP_NS`] per read; 0 outside [`run`].
+pub(crate) fn fake_tsc() -> u64 {
+    FAKE.with(|f| f.borrow_mut().as_mut().map_or(0, |fake| fake.vcpu.tsc()))
 }
 
 /// The free region of the current run (empty outside [`run`]).
@@ -379,7 +440,8 @@ impl Fake {
                     self.out.yields += 1;
                     Ok(0)
                 }
-                SchedOpCmd::Block | SchedOpCmd::Poll => Err(Errno::ENOSYS),
+                SchedOpCmd::Block => self.block(),
+                SchedOpCmd::Poll => self.poll(a[1]),
                 SchedOpCmd::Shutdown => {
                     self.check(a[1], 4, false)?;
                     // SAFETY: 4 readable bytes of a live host buffer (`check`).
@@ -389,6 +451,10 @@ impl Fake {
                 }
             },
             HypercallNr::DomainId => Ok(self.cfg.domid as u64),
+            HypercallNr::SetTrapTable => self.set_trap_table(a[0]),
+            HypercallNr::SetCallbacks => self.set_callbacks(a[0]),
+            HypercallNr::SetTimerOp => self.set_timer(a[0]),
+            HypercallNr::EventChannelOp => self.event_channel_op(a[0], a[1]),
             HypercallNr::MmuUpdate => self.mmu_update(a),
             HypercallNr::MmuextOp => self.mmuext_op(a),
             HypercallNr::UpdateVaMapping => {
@@ -624,6 +690,89 @@ mod tests {
         assert_eq!(out.panic, None);
     }
 
+    static LOOP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn on_loop(_port: u32) {
+        LOOP.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn events_and_time(_si: &'static StartInfo) -> ! {
+        use crate::{events, time};
+        let n = || LOOP.load(std::sync::atomic::Ordering::SeqCst);
+        let me = hv::domain_id().unwrap();
+        let a = events::alloc_unbound(me, on_loop).unwrap();
+        let b = events::bind_interdomain(me, a, on_loop).unwrap();
+        crate::println!(
+            "ports {a} {b}, b pending {}, enabled {}",
+            events::is_pending(b),
+            events::irqs_enabled()
+        );
+        events::irq_enable();
+        crate::println!("after enable: {} events", n());
+        events::irq_disable();
+        events::send(a).unwrap();
+        crate::println!("masked send: {} events", n());
+        let blocks = events::blocks();
+        events::wait_for(|| n() >= 2).unwrap();
+        crate::println!(
+            "after wait_for: {} events, {} blocks, enabled {}",
+            n(),
+            events::blocks() - blocks,
+            events::irqs_enabled()
+        );
+        let t0 = time::now_ns();
+        time::sleep_ms(3).unwrap();
+        let dt = time::now_ns() - t0;
+        crate::println!(
+            "slept >= 3 ms: {}, timer events {}",
+            dt >= 3_000_000,
+            time::timer_events()
+        );
+        drop(time::Timer::after(1_000_000).unwrap());
+        crate::println!("after drop: programmed {:?}", time::programmed());
+        crate::println!(
+            "wait_timeout: {:?}",
+            time::wait_timeout(|| false, 2_000_000)
+        );
+        crate::println!(
+            "wait_timeout met: {:?}",
+            time::wait_timeout(|| n() >= 2, 2_000_000)
+        );
+        crate::println!(
+            "wall clock {}",
+            time::wallclock().secs - WALL_BASE_SECS < 10
+        );
+        events::close(b).unwrap();
+        crate::println!(
+            "closed b: send a {:?}, close b {:?}",
+            events::send(a),
+            events::close(b)
+        );
+        hv::shutdown(ShutdownReason::Poweroff)
+    }
+
+    #[test]
+    fn events_and_time_on_the_fake() {
+        let out = run(&Config::domu(""), events_and_time);
+        assert_eq!(out.panic, None, "{}", out.console);
+        assert_eq!(
+            out.lines(),
+            [
+                "ports 1 2, b pending true, enabled false",
+                "after enable: 1 events",
+                "masked send: 1 events",
+                "after wait_for: 2 events, 1 blocks, enabled false",
+                "slept >= 3 ms: true, timer events 1",
+                "after drop: programmed None",
+                "wait_timeout: Ok(false)",
+                "wait_timeout met: Ok(true)",
+                "wall clock true",
+                "closed b: send a Ok(()), close b Err(EINVAL)",
+            ]
+        );
+        assert_eq!(out.shutdown, Some(ShutdownReason::Poweroff));
+    }
+
     fn bad_magic(_si: &'static StartInfo) -> ! {
         unreachable!()
     }
@@ -638,6 +787,7 @@ mod tests {
                 scratch: (0, 0),
                 in_multicall: false,
                 mm: FakeMm::default(),
+                vcpu: FakeVcpu::new(0),
                 out: Outcome::default(),
             })
         });

@@ -19,8 +19,12 @@ use abi::{DomId, Errno, HypercallNr};
 
 pub use crate::hypercall::Path;
 
+mod evtchn;
 mod mm;
+mod vcpu;
+pub use evtchn::*;
 pub use mm::*;
+pub use vcpu::*;
 
 static DEFAULT_PATH: AtomicU8 = AtomicU8::new(Path::Syscall as u8);
 

@@ -28,8 +28,9 @@
 //! - [`hypercall`]: the raw `syscall` and `int 0x82` entry paths;
 //! - [`hv`]: typed hypercalls (console, version, features, domain id, yield, shutdown,
 //!   multicall, and the memory protocol: `mmu_update`, `update_va_mapping`, `mmuext_op`,
-//!   `memory_op`, with raw `*_raw` forms for hostile tests), per [`hv::Path`] or on the
-//!   default path;
+//!   `memory_op`, the virtual CPU: `set_trap_table`, `set_callbacks`, `set_timer_op`,
+//!   block, poll, and `event_channel_op`; with raw `*_raw` forms for hostile tests), per
+//!   [`hv::Path`] or on the default path;
 //! - [`console`]: [`print!`] / [`println!`], line-buffered onto `console_io`;
 //! - [`cmdline`]: `key=value` command lines;
 //! - [`mem`]: end of memory, the start-of-day map, the P2M list, a bump allocator over
@@ -38,19 +39,31 @@
 //!   (PV implementation: [`mm::pv::PvMmu`]), a page allocator with ballooning
 //!   ([`mm::pv::PvFrames`]), address spaces ([`mm::AddressSpace`]), writable page tables
 //!   ([`mm::ptwr`]);
+//! - [`shared`]: the shared-info page (upcall flags, event bitmaps, cr2, time), read
+//!   and written atomically;
+//! - [`traps`]: virtual exceptions: entry stubs, the trap table, Rust handlers
+//!   (`fn(&mut ExceptionFrame) -> Resume`), the default handler (an oops), `iret`;
+//! - [`events`]: event channels: the upcall dispatcher, per-port handlers, bind helpers,
+//!   the virtual interrupt flag ([`events::irq_enable`] / [`events::irq_disable`]) and
+//!   [`events::wait_for`] (block until a condition holds, without lost wake-ups);
+//! - [`time`]: [`time::now_ns`], [`time::wallclock`], one-shot [`time::Timer`]s and
+//!   [`time::sleep`];
 //! - [`xtf`]: XTF-style checks and the `Test result:` line.
 //!
 //! On the host (`cargo test`) everything but the assembly and the panic handler
 //! compiles; hypercalls go to the fake hypervisor in [`host`], so kernels can be run as
-//! host tests with [`host::run`]. The fake has no page tables (see [`host`] for what it
-//! checks of the memory hypercalls); [`mm`]'s portable parts are tested against a
-//! simulated MMU instead.
+//! host tests with [`host::run`]. The fake also keeps a virtual clock (the TSC the host
+//! build reads), one-shot timers, block/poll, a loopback event-channel table and upcall
+//! delivery (it calls [`events::handle_upcall`] directly); it cannot raise exceptions.
+//! The fake has no page tables (see [`host`] for what it checks of the memory
+//! hypercalls); [`mm`]'s portable parts are tested against a simulated MMU instead.
 #![cfg_attr(target_os = "none", no_std)]
 
 pub use abi;
 
 pub mod cmdline;
 pub mod console;
+pub mod events;
 #[cfg(not(target_os = "none"))]
 pub mod host;
 pub mod hv;
@@ -58,6 +71,9 @@ pub mod hypercall;
 pub mod mem;
 pub mod mm;
 pub mod rt;
+pub mod shared;
+pub mod time;
+pub mod traps;
 pub mod xtf;
 
 /// Declares the kernel's main function, `fn(&'static StartInfo) -> !`.

@@ -3,8 +3,9 @@
 //! The command line (space-separated `key=value`) selects a program with `test=<name>`
 //! (default `hello`); see [`programs::PROGRAMS`] for the list. Every program ends with
 //! exactly one `Test result: ...` line and a shutdown (poweroff on success, crash
-//! otherwise), except the `crash-*` programs and `ptwr-bad`, which must be killed by the
-//! hypervisor before they print a result (if they survive they print
+//! otherwise), except the `crash-*` programs, `ptwr-bad` and `trap-bad-stack`, which
+//! must be killed by the hypervisor before they print a result, and `trap-oops`, which
+//! must end in the runtime's oops (if any of them survives it prints
 //! `Test result: FAILURE (survived)`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 

@@ -30,7 +30,10 @@ pub fn int3(_env: &Env) -> ! {
 pub fn privileged(_env: &Env) -> ! {
     // hlt, cli, out... are emulated now (trap-and-emulate); reading a debug register is
     // privileged and deliberately not emulated, so it still ends in #GP.
-    attempt("read dr7 in ring 3 (privileged, not emulated)", ops::read_dr7)
+    attempt(
+        "read dr7 in ring 3 (privileged, not emulated)",
+        ops::read_dr7,
+    )
 }
 
 pub fn hv(_env: &Env) -> ! {

@@ -6,11 +6,14 @@
 
 mod badptr;
 mod basic;
+mod clock;
 mod crash;
+mod evtchn;
 mod memory;
 mod mm_hostile;
 mod multicall;
 mod ptwr_bad;
+mod traps;
 
 use pv_guest_kernel::abi::start_info::StartInfo;
 use pv_guest_kernel::cmdline::Cmdline;
@@ -78,6 +81,51 @@ pub static PROGRAMS: &[Program] = &[
         run: ptwr_bad::run,
     },
     Program {
+        name: "traps",
+        about: "#DE #UD #BP #GP #PF (#AC) reach Rust handlers that skip them; demand paging",
+        run: traps::run,
+    },
+    Program {
+        name: "trap-bad-stack",
+        about: "ud2 with a #UD handler but an unusable rsp; must be killed",
+        run: traps::bad_stack,
+    },
+    Program {
+        name: "trap-oops",
+        about: "ud2 with the trap table but no #UD handler: the default handler oopses",
+        run: traps::oops,
+    },
+    Program {
+        name: "clock",
+        about: "monotonic pvclock, sleeps woken by VIRQ_TIMER, timer cancel, wall clock",
+        run: clock::clock,
+    },
+    Program {
+        name: "hog",
+        about: "CPU-bound for ms=N (2000) ms of system time, counting loop iterations",
+        run: clock::hog,
+    },
+    Program {
+        name: "sleeper",
+        about: "one sleep() of ms=N (1000) ms: blocked, costing no CPU",
+        run: clock::sleeper,
+    },
+    Program {
+        name: "pingpong",
+        about: "role=server|client peer=D rounds=N: interdomain event round trips",
+        run: evtchn::pingpong,
+    },
+    Program {
+        name: "evtchn-hostile",
+        about: "bad ports, foreign tables, double closes, bad VIRQs and polls get exact errors",
+        run: evtchn::hostile,
+    },
+    Program {
+        name: "evdemo",
+        about: "block-with-timeout loops: timed waits, a loopback channel, polls",
+        run: evtchn::evdemo,
+    },
+    Program {
         name: "crash-null",
         about: "read from address 0",
         run: crash::null,
@@ -94,7 +142,7 @@ pub static PROGRAMS: &[Program] = &[
     },
     Program {
         name: "crash-priv",
-        about: "hlt in ring 3",
+        about: "mov from dr7 in ring 3 (privileged, not emulated)",
         run: crash::privileged,
     },
     Program {
@@ -256,6 +304,119 @@ mod tests {
             );
             assert_eq!(out.shutdown, Some(ShutdownReason::Crash), "{name}");
         }
+    }
+
+    #[test]
+    fn clock_on_the_fake() {
+        let out = run_test("test=clock reads=1000");
+        assert_success(&out);
+        assert!(
+            out.lines().contains(&"clock: VIRQ_TIMER bound to port 1"),
+            "{}",
+            out.console
+        );
+        assert!(
+            out.lines().contains(&"clock: sleep(10 ms) took 10000 us"),
+            "{}",
+            out.console
+        );
+        assert!(out.blocks >= 5, "{out:?}");
+        assert!(out
+            .console
+            .contains("clock: wall clock 2023-11-14 22:13:20."));
+        assert_eq!(out.event_callback, pv_guest_kernel::traps::upcall_entry());
+    }
+
+    #[test]
+    fn sleeper_blocks_once() {
+        let out = run_test("test=sleeper ms=250");
+        assert_success(&out);
+        assert_eq!(out.blocks, 1, "{}", out.console);
+        assert!(out.now_ns >= 250_000_000);
+        assert!(
+            out.console
+                .contains("sleeper: woke after 250000 us: 1 timer events, 1 upcalls, 1 blocks"),
+            "{}",
+            out.console
+        );
+    }
+
+    #[test]
+    fn hog_spins_without_hypercalls() {
+        let out = run_test("test=hog ms=3");
+        assert_success(&out);
+        assert_eq!(out.blocks, 0);
+        let hog = out
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with("hog: ") && l.contains("iterations in"))
+            .unwrap_or_else(|| panic!("{}", out.console));
+        // 100 ns per clock read on the fake (one read per iteration, plus the first).
+        assert!(
+            hog.starts_with("hog: 3000") || hog.starts_with("hog: 2999"),
+            "{hog}"
+        );
+        assert!(hog.ends_with("in 3 ms"), "{hog}");
+        // No hypercall but console output: the loop makes none.
+        assert!(out.calls.iter().all(|c| c.1
+            == pv_guest_kernel::abi::HypercallNr::ConsoleIo as u64
+            || c.1 == pv_guest_kernel::abi::HypercallNr::SchedOp as u64));
+    }
+
+    #[test]
+    fn evtchn_hostile_on_the_fake() {
+        let out = run_test("test=evtchn-hostile");
+        assert_success(&out);
+        assert!(out
+            .lines()
+            .contains(&"evtchn-hostile: bind to dom0's port 1: Err(EINVAL)"));
+    }
+
+    #[test]
+    fn evdemo_on_the_fake() {
+        let out = run_test("test=evdemo rounds=5");
+        assert_success(&out);
+        assert!(
+            out.console
+                .contains("evdemo: loopback 2 -> 3: 5/5 waits ended by the event"),
+            "{}",
+            out.console
+        );
+        assert!(out.polls >= 2);
+    }
+
+    #[test]
+    fn pingpong_needs_a_role_and_a_peer() {
+        for (args, why) in [
+            ("test=pingpong role=server", "pingpong needs peer=<domid>"),
+            (
+                "test=pingpong peer=2",
+                "pingpong needs role=server or role=client",
+            ),
+        ] {
+            let out = run_test(args);
+            assert_eq!(out.results(), [format!("Test result: ERROR ({why})")]);
+        }
+        // A client whose server never allocates the port gives up, after retrying.
+        let out = run_test("test=pingpong role=client peer=0 rounds=3");
+        assert_eq!(out.results().len(), 1, "{}", out.console);
+        assert!(out.results()[0].starts_with("Test result: FAILURE (bind to d0 port 1: EINVAL"));
+        assert_eq!(out.yields, 2000);
+    }
+
+    #[test]
+    fn trap_programs_need_the_real_hypervisor() {
+        let out = run_test("test=traps");
+        assert_eq!(
+            out.results(),
+            ["Test result: ERROR (exceptions need the real hypervisor)"]
+        );
+        assert_eq!(out.trap_vectors, pv_guest_kernel::traps::DELIVERABLE);
+        let out = run_test("test=trap-oops");
+        assert_eq!(out.results(), ["Test result: FAILURE (survived)"]);
+        let out = run_test("test=trap-bad-stack");
+        assert!(out.lines().iter().any(|l| l.starts_with("about to ")));
+        assert_eq!(out.results(), ["Test result: FAILURE (survived)"]);
     }
 
     #[test]
