@@ -73,3 +73,19 @@ fn repeated_create_and_teardown_returns_every_frame() {
         "four generations passed",
     );
 }
+
+/// The page-table update paths the lab measures all work from a guest (the figures are
+/// printed, not asserted: benchmarks are `cargo xtask bench`).
+#[test]
+fn update_paths_for_measurement_work() {
+    let o = Scenario::new("mmperf")
+        .icount(true)
+        .guest("test=mmperf")
+        .guest("test=nullcall n=1000")
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_result("[d2] ", TestResult::Success)
+        .assert_line_starting("[d1] mmperf: mmu_update batch 512: ")
+        .assert_line_starting("[d1] mmperf: trapped direct store");
+}

@@ -24,6 +24,7 @@ use crate::m2p::M2p;
 use crate::mem::MachineMemory;
 use crate::mm::{Actor, Mm, VALIDATION_BUDGET};
 use crate::paging;
+use crate::pod::Pod;
 use abi::hypercall::{
     features, MulticallEntry, SchedShutdown, ShutdownReason, XenFeatureInfo, XenVersionCmd,
     CONSOLE_IO_MAX, VERSION_MAJOR, VERSION_MINOR,
@@ -638,28 +639,54 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 };
                 let mut n = 0u32;
                 let mut result = Ok(());
+                // Requests are copied in chunks (one page walk per chunk, not per entry);
+                // a chunk that cannot be read whole falls back to entry-by-entry reads so
+                // `done` still stops exactly at the first unreadable request.
+                const CHUNK: u64 = 16;
+                let mut chunk = [MmuUpdate::default(); CHUNK as usize];
+                let (mut chunk_start, mut chunk_len) = (0u64, 0u64);
                 for i in 0..count {
-                    let r = GuestMem::new(&mut self.mem, l4)
-                        .read_obj::<MmuUpdate>(reqs + 16 * i)
-                        .and_then(|req| match req.ptr & 3 {
-                            MMU_NORMAL_PT_UPDATE => {
-                                mm!(self).update_entry(req.ptr & !3, req.val, actor)?;
-                                self.flush_tlb = true;
-                                Ok(())
+                    if i >= chunk_start + chunk_len {
+                        chunk_start = i;
+                        chunk_len = (count - i).min(CHUNK);
+                        let mut raw = [0u8; 16 * CHUNK as usize];
+                        let bytes = &mut raw[..16 * chunk_len as usize];
+                        if GuestMem::new(&mut self.mem, l4)
+                            .read(reqs + 16 * i, bytes)
+                            .is_ok()
+                        {
+                            for (k, e) in chunk[..chunk_len as usize].iter_mut().enumerate() {
+                                *e = MmuUpdate::from_bytes(&bytes[16 * k..16 * k + 16])
+                                    .unwrap_or_default();
                             }
-                            MMU_MACHPHYS_UPDATE => {
-                                let mfn = Mfn(req.ptr >> 12);
-                                match self.frames.owner(mfn) {
-                                    None => Err(Errno::EINVAL),
-                                    Some(Owner::Domain(d)) if d == id => {
-                                        self.m2p.set(&mut self.mem, mfn, req.val);
-                                        Ok(())
-                                    }
-                                    Some(_) => Err(Errno::EPERM),
+                        } else {
+                            chunk_len = 0;
+                        }
+                    }
+                    let req = if i < chunk_start + chunk_len {
+                        Ok(chunk[(i - chunk_start) as usize])
+                    } else {
+                        GuestMem::new(&mut self.mem, l4).read_obj::<MmuUpdate>(reqs + 16 * i)
+                    };
+                    let r = req.and_then(|req| match req.ptr & 3 {
+                        MMU_NORMAL_PT_UPDATE => {
+                            mm!(self).update_entry(req.ptr & !3, req.val, actor)?;
+                            self.flush_tlb = true;
+                            Ok(())
+                        }
+                        MMU_MACHPHYS_UPDATE => {
+                            let mfn = Mfn(req.ptr >> 12);
+                            match self.frames.owner(mfn) {
+                                None => Err(Errno::EINVAL),
+                                Some(Owner::Domain(d)) if d == id => {
+                                    self.m2p.set(&mut self.mem, mfn, req.val);
+                                    Ok(())
                                 }
+                                Some(_) => Err(Errno::EPERM),
                             }
-                            _ => Err(Errno::EINVAL),
-                        });
+                        }
+                        _ => Err(Errno::EINVAL),
+                    });
                     if let Err(e) = r {
                         result = Err(e);
                         break;

@@ -140,3 +140,94 @@ pub fn spin(env: &Env) -> ! {
     c.check_eq(format_args!("{n} x sched_op(Yield)"), Ok(()), yields);
     c.finish()
 }
+
+/// `nullcall [n=N]`: the cost of a null hypercall (`xen_version(Version)`) through
+/// `syscall` and through `int 0x82`, in TSC cycles (instructions under `-icount
+/// shift=0`), as the minimum and the mean over N calls after a warm-up. A measurement,
+/// not a benchmark: the lab (`cargo xtask bench`) does it properly.
+pub fn nullcall(env: &Env) -> ! {
+    let n = env.cmdline.u64_or("n", 10_000).clamp(10, 1_000_000);
+    let mut c = Checker::new();
+    for (name, path) in [("syscall", Path::Syscall), ("int 0x82", Path::Int82)] {
+        let (mut min, mut total) = (u64::MAX, 0u64);
+        for i in 0..n + 100 {
+            let t0 = pv_guest_kernel::time::rdtsc();
+            // SAFETY: xen_version(Version) takes no pointer and changes no state.
+            let r = unsafe { path.raw(17, [0; 5]) };
+            let dt = pv_guest_kernel::time::rdtsc().wrapping_sub(t0);
+            if r < 0 {
+                c.fail(name, format_args!("xen_version failed: {r}"));
+                break;
+            }
+            if i >= 100 {
+                min = min.min(dt);
+                total += dt;
+            }
+        }
+        println!(
+            "nullcall: {name}: min {min} cycles, mean {} cycles over {n} calls",
+            total / n
+        );
+    }
+    c.finish()
+}
+
+/// `mmperf`: what one page-table entry update costs through `mmu_update` (single and in
+/// batches of 1..512), `update_va_mapping`, and a trapped direct store (writable page
+/// tables), in TSC cycles per entry (instructions under `-icount shift=0`). Each update
+/// rewrites the entry mapping the start_info page with its current value, so the
+/// address space never changes while the full validation path runs.
+pub fn mmperf(env: &Env) -> ! {
+    use pv_guest_kernel::mm::pv::PvMmu;
+    use pv_guest_kernel::time::rdtsc;
+    let mut c = Checker::new();
+    let va = env.si as *const _ as u64;
+    let Some(leaf) = PvMmu::new(env.si).and_then(|m| m.leaf(va)) else {
+        pv_guest_kernel::xtf::error("cannot find the L1 entry of start_info")
+    };
+    let reqs = [hv::pt_update(leaf.maddr, leaf.pte); 512];
+    let reps = 20u64;
+    let mut batch = 1usize;
+    while batch <= 512 {
+        let mut best = u64::MAX;
+        for _ in 0..reps {
+            let t0 = rdtsc();
+            // SAFETY: rewrites an entry with the value it already has.
+            let r = unsafe { hv::mmu_update(&reqs[..batch]) };
+            let dt = rdtsc().wrapping_sub(t0);
+            if r.is_err() {
+                c.fail("mmu_update", format_args!("{r:?}"));
+            }
+            best = best.min(dt);
+        }
+        println!(
+            "mmperf: mmu_update batch {batch:3}: {} cycles per entry ({best} per call)",
+            best / batch as u64
+        );
+        batch *= 2;
+    }
+    let mut best = u64::MAX;
+    for _ in 0..reps {
+        let t0 = rdtsc();
+        // SAFETY: as above, by virtual address.
+        let r = unsafe { hv::update_va_mapping(va, leaf.pte, abi_uvmf_invlpg()) };
+        best = best.min(rdtsc().wrapping_sub(t0));
+        if r.is_err() {
+            c.fail("update_va_mapping", format_args!("{r:?}"));
+        }
+    }
+    println!("mmperf: update_va_mapping: {best} cycles");
+    let mut best = u64::MAX;
+    for _ in 0..reps {
+        let t0 = rdtsc();
+        // SAFETY: stores the entry's current value through its read-only mapping.
+        unsafe { pv_guest_kernel::mm::ptwr::store(leaf.entry_va, leaf.pte) };
+        best = best.min(rdtsc().wrapping_sub(t0));
+    }
+    println!("mmperf: trapped direct store (writable page tables): {best} cycles");
+    c.finish()
+}
+
+fn abi_uvmf_invlpg() -> u64 {
+    pv_guest_kernel::abi::mm::UVMF_INVLPG
+}

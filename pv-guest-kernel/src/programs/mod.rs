@@ -50,6 +50,16 @@ pub static PROGRAMS: &[Program] = &[
         run: basic::int82,
     },
     Program {
+        name: "nullcall",
+        about: "n=N: null hypercall cost via syscall and int 0x82 (rdtsc)",
+        run: basic::nullcall,
+    },
+    Program {
+        name: "mmperf",
+        about: "cost of one PTE update: mmu_update batches, update_va_mapping, ptwr",
+        run: basic::mmperf,
+    },
+    Program {
         name: "spin",
         about: "yields=N (200) times, tick every 10",
         run: basic::spin,
