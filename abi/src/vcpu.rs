@@ -114,3 +114,31 @@ pub const VCPU0_CR2_OFFSET: u64 = 16;
 pub const FLAT_USER_CS: u64 = 0x2b;
 /// Stack selector of guest code (ring 3), as it appears in bounce frames.
 pub const FLAT_USER_SS: u64 = 0x23;
+
+/// The conventional mnemonic of an x86 exception vector (`"#PF"`), or `None` for vectors
+/// that are not architectural exceptions.
+pub const fn exception_name(vector: u8) -> Option<&'static str> {
+    Some(match vector {
+        0 => "#DE",
+        1 => "#DB",
+        2 => "NMI",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        18 => "#MC",
+        19 => "#XM",
+        20 => "#VE",
+        21 => "#CP",
+        _ => return None,
+    })
+}

@@ -139,31 +139,12 @@ pub enum Wait {
     },
 }
 
-/// Short name of an exception vector, for logs.
+/// Short name of an exception vector (or of the hypervisor's own kill reasons), for logs.
 pub const fn exception_name(vector: u8) -> &'static str {
-    match vector {
-        0 => "#DE",
-        1 => "#DB",
-        2 => "NMI",
-        3 => "#BP",
-        4 => "#OF",
-        5 => "#BR",
-        6 => "#UD",
-        7 => "#NM",
-        8 => "#DF",
-        10 => "#TS",
-        11 => "#NP",
-        12 => "#SS",
-        13 => "#GP",
-        14 => "#PF",
-        16 => "#MF",
-        17 => "#AC",
-        18 => "#MC",
-        19 => "#XM",
-        20 => "#VE",
-        21 => "#CP",
-        0xfe => "deadlock",
-        0xff => "undeliverable event upcall",
+    match (vector, abi::vcpu::exception_name(vector)) {
+        (_, Some(name)) => name,
+        (0xfe, None) => "deadlock",
+        (0xff, None) => "undeliverable event upcall",
         _ => "interrupt",
     }
 }

@@ -109,6 +109,23 @@ impl<'m, M: MachineMemory> GuestMem<'m, M> {
         Ok(())
     }
 
+    /// Fetches up to 15 instruction bytes at `rip`, stopping at the first page that
+    /// cannot be read: returns the buffer and how many bytes were read. The bytes are
+    /// untrusted; a short fetch means the instruction runs into unreadable memory.
+    pub fn fetch_insn(&mut self, rip: u64) -> ([u8; 15], usize) {
+        let mut bytes = [0u8; 15];
+        let mut n = 0;
+        while n < bytes.len() {
+            let at = rip.wrapping_add(n as u64);
+            let chunk = (bytes.len() - n).min(PAGE_SIZE - (at as usize & (PAGE_SIZE - 1)));
+            if self.read(at, &mut bytes[n..n + chunk]).is_err() {
+                break;
+            }
+            n += chunk;
+        }
+        (bytes, n)
+    }
+
     /// Reads one ABI structure (at most 256 bytes) from `va`.
     pub fn read_obj<T: Pod>(&mut self, va: u64) -> Result<T, Errno> {
         let mut buf = [0u8; 256];

@@ -114,27 +114,15 @@ pub const fn is_deliverable(vector: u8) -> bool {
 
 /// Mnemonic of an exception vector (`"#PF"`), `"upcall"`, or `"?"`.
 pub const fn vector_name(vector: u64) -> &'static str {
-    match vector {
-        0 => "#DE",
-        1 => "#DB",
-        2 => "NMI",
-        3 => "#BP",
-        4 => "#OF",
-        5 => "#BR",
-        6 => "#UD",
-        7 => "#NM",
-        8 => "#DF",
-        10 => "#TS",
-        11 => "#NP",
-        12 => "#SS",
-        13 => "#GP",
-        14 => "#PF",
-        16 => "#MF",
-        17 => "#AC",
-        18 => "#MC",
-        19 => "#XM",
-        UPCALL_VECTOR => "upcall",
-        _ => "?",
+    if vector == UPCALL_VECTOR {
+        return "upcall";
+    }
+    if vector > 255 {
+        return "?";
+    }
+    match abi::vcpu::exception_name(vector as u8) {
+        Some(name) => name,
+        None => "?",
     }
 }
 

@@ -148,18 +148,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             (d.l4, d.shared_info, d.id, d.privileged, d.virt_cpu);
         // Fetch up to 15 bytes through the checked API, stopping at the first unreadable
         // page: the guest's instruction bytes are untrusted input.
-        let mut bytes = [0u8; 15];
-        let mut n = 0;
-        while n < bytes.len() {
-            let chunk = (bytes.len() - n).min(4096 - ((regs.rip + n as u64) as usize & 4095));
-            if GuestMem::new(&mut self.mem, l4)
-                .read(regs.rip + n as u64, &mut bytes[n..n + chunk])
-                .is_err()
-            {
-                break;
-            }
-            n += chunk;
-        }
+        let (bytes, n) = GuestMem::new(&mut self.mem, l4).fetch_insn(regs.rip);
         let fetch_fault_at = regs.rip + n as u64;
         let mut env = EmuEnv {
             hv: self,

@@ -929,18 +929,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             _ => return Err(PtwrError::NotPtwr),
         }
         // Fetch and decode the instruction (untrusted bytes, through the checked API).
-        let mut bytes = [0u8; 15];
-        let mut n = 0;
-        while n < bytes.len() {
-            let chunk = (bytes.len() - n).min(4096 - ((regs.rip + n as u64) as usize & 4095));
-            if GuestMem::new(&mut self.mem, l4)
-                .read(regs.rip + n as u64, &mut bytes[n..n + chunk])
-                .is_err()
-            {
-                break;
-            }
-            n += chunk;
-        }
+        let (bytes, n) = GuestMem::new(&mut self.mem, l4).fetch_insn(regs.rip);
         let gpr = gpr_array(regs);
         let d = decode_pte_write(&bytes[..n], regs.rip, |g| gpr[g as usize])
             .map_err(|_| PtwrError::Refused("unsupported instruction"))?;
