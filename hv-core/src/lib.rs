@@ -16,6 +16,7 @@
 //! | [`hypercall`] | decoding raw registers into typed, validated requests |
 //! | [`domain`] | domains and their vCPU state |
 //! | [`evtchn`] | event-channel port tables and the pending/mask bit protocol |
+//! | [`grant`] | grant tables (v1): entries, active entries and pins, maptrack, map/unmap/copy, revocation and domain death |
 //! | [`builder`] | the domain builder: ELF kernel -> frames, page tables, start_info |
 //! | [`hv`] | the hypervisor proper: hypercall execution, faults, scheduling, shutdown |
 //! | [`sched`] | scheduling policy: weighted credit scheduler for one CPU, which vCPU runs next and until when |
@@ -34,6 +35,7 @@ pub mod domain;
 pub mod emulate;
 pub mod evtchn;
 pub mod frame_table;
+pub mod grant;
 pub mod guest_mem;
 pub mod hv;
 pub mod hypercall;
