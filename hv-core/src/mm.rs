@@ -223,7 +223,9 @@ impl<'x, 'f, M: MachineMemory> Mm<'x, 'f, M> {
 
     /// Releases the references an entry of a level-`level` table holds.
     pub fn put_entry_refs(&mut self, e: u64, level: u32) {
-        if e & PTE_P == 0 {
+        // A grant mapping's references belong to its maptrack handle (`grant.rs`), not to
+        // the entry; such entries only exist in L1 tables.
+        if e & PTE_P == 0 || (level == 1 && e & crate::grant::PTE_GNTTAB != 0) {
             return;
         }
         let target = entry_mfn(e);
@@ -272,6 +274,10 @@ impl<'x, 'f, M: MachineMemory> Mm<'x, 'f, M> {
         }
         let new = if new & PTE_P != 0 { new | PTE_US } else { new };
         let old = self.mem.read_u64(pte_maddr).ok_or(Errno::EFAULT)?;
+        if level == 1 && old & PTE_P != 0 && old & crate::grant::PTE_GNTTAB != 0 {
+            // Grant mappings are removed only by unmapping the grant.
+            return Err(Errno::EPERM);
+        }
         self.get_entry_refs(new, level, actor)?;
         if !self.mem.write_u64(pte_maddr, new) {
             self.put_entry_refs(new, level);
@@ -428,8 +434,8 @@ pub fn audit(
                 continue;
             }
             let e = mem.read_u64(mfn.maddr() + 8 * i).unwrap_or(0);
-            if e & PTE_P == 0 {
-                continue;
+            if e & PTE_P == 0 || (level == 1 && e & crate::grant::PTE_GNTTAB != 0) {
+                continue; // counted by the grant tables' own audit
             }
             let t = entry_mfn(e);
             bump(&mut rc, t);
