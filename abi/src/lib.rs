@@ -8,7 +8,9 @@
 //!   [`shared_info`], [`hypercall::MulticallEntry`]),
 //! - typed frame numbers and domain ids ([`types`]) so machine and pseudo-physical
 //!   frames cannot be mixed up,
-//! - the fixed virtual-address layout every PV address space shares ([`layout`]).
+//! - the fixed virtual-address layout every PV address space shares ([`layout`]),
+//! - the generic shared request/response ring every PV device protocol instantiates
+//!   ([`ring`]).
 //!
 //! Numbers follow Xen's public headers wherever a Xen equivalent exists, so people who
 //! know Xen find the names and values they expect. Extensions are marked as such.
@@ -16,13 +18,19 @@
 //! Field docs say who writes each field: `[HV]` the hypervisor, `[GUEST]` the guest.
 #![no_std]
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod errno;
 pub mod event_channel;
+pub mod grant_table;
 pub mod hypercall;
 pub mod layout;
 pub mod mm;
+// The shared ring accesses memory another domain writes concurrently: raw pointers,
+// volatile slot copies and atomics over the page are unavoidable there. Everything else in
+// this crate stays free of `unsafe`.
+#[allow(unsafe_code)]
+pub mod ring;
 pub mod shared_info;
 pub mod start_info;
 pub mod types;
