@@ -110,6 +110,8 @@ pub struct Domain {
     pub timer: Option<u64>,
     /// Event-channel port table.
     pub ports: Ports,
+    /// Grant table (granter side and maptrack); taken and released when the domain dies.
+    pub grants: Option<crate::grant::GrantTable>,
     /// Why the vCPU is not running, if it waits.
     pub wait: Wait,
     /// The ports of a `Wait::Poll`.

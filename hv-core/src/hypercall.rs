@@ -9,6 +9,10 @@ use abi::event_channel::{
     EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_VIRQ, EVTCHNOP_CLOSE,
     EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK,
 };
+use abi::grant_table::{
+    GNTTABOP_COPY, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE, GNTTABOP_SETUP_TABLE,
+    GNTTABOP_UNMAP_GRANT_REF,
+};
 use abi::hypercall::{
     ConsoleIoCmd, SchedOpCmd, XenVersionCmd, CONSOLE_IO_MAX, MULTICALL_MAX_ENTRIES,
 };
@@ -18,6 +22,9 @@ use abi::mm::{
     XENMEM_POPULATE_PHYSMAP,
 };
 use abi::{Errno, HypercallNr};
+
+/// Most elements one `grant_table_op` may carry (`E2BIG` beyond).
+pub const GNTTAB_BATCH_MAX: u64 = 512;
 
 /// A decoded hypercall. Guest addresses are still unchecked (`u64`); lengths are bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +135,15 @@ pub enum Hypercall {
         /// Guest pointer to the command's argument.
         arg: u64,
     },
+    /// `grant_table_op(cmd, args, count)` with a known `cmd`, `count <= GNTTAB_BATCH_MAX`.
+    GrantTableOp {
+        /// `GNTTABOP_*`.
+        cmd: u64,
+        /// Guest pointer to `count` structures of the command's type.
+        args: u64,
+        /// Number of elements.
+        count: u64,
+    },
 }
 
 /// Decodes a hypercall from its number and argument registers (`rdi, rsi, rdx, r10, r8`).
@@ -224,6 +240,23 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             }),
             _ => Err(Errno::ENOSYS),
         },
+        HypercallNr::GrantTableOp => match a[0] {
+            GNTTABOP_MAP_GRANT_REF
+            | GNTTABOP_UNMAP_GRANT_REF
+            | GNTTABOP_SETUP_TABLE
+            | GNTTABOP_COPY
+            | GNTTABOP_QUERY_SIZE => {
+                if a[2] > GNTTAB_BATCH_MAX {
+                    return Err(Errno::E2BIG);
+                }
+                Ok(Hypercall::GrantTableOp {
+                    cmd: a[0],
+                    args: a[1],
+                    count: a[2],
+                })
+            }
+            _ => Err(Errno::ENOSYS),
+        },
         // Known to the ABI, implemented by later parts of the hypervisor.
         _ => Err(Errno::ENOSYS),
     }
@@ -275,7 +308,7 @@ mod tests {
 
     #[test]
     fn unknown_and_unimplemented_are_enosys() {
-        for nr in [11, 31, 47, 49, 1000, u64::MAX, 20, 2, 36] {
+        for nr in [11, 31, 47, 49, 1000, u64::MAX, 2, 36] {
             assert_eq!(decode(nr, [0; 5]), Err(Errno::ENOSYS), "nr {nr}");
         }
     }
@@ -308,6 +341,22 @@ mod tests {
             decode(12, [1, 0x40, 0, 0, 0]),
             Ok(Hypercall::MemoryOp { cmd: 1, arg: 0x40 })
         );
+    }
+
+    #[test]
+    fn grant_table_op() {
+        assert_eq!(
+            decode(20, [0, 0x40, 512, 0, 0]),
+            Ok(Hypercall::GrantTableOp {
+                cmd: 0,
+                args: 0x40,
+                count: 512
+            })
+        );
+        assert_eq!(decode(20, [5, 0x40, 513, 0, 0]), Err(Errno::E2BIG));
+        for cmd in [3, 4, 7, 99, u64::MAX] {
+            assert_eq!(decode(20, [cmd, 0x40, 1, 0, 0]), Err(Errno::ENOSYS));
+        }
     }
 
     proptest! {

@@ -45,6 +45,17 @@ pub unsafe trait Pod: Copy + 'static {
 
 // SAFETY: repr(C) {u64, u64, [u64; 6]}: no padding, all integers.
 unsafe impl Pod for MulticallEntry {}
+// SAFETY: repr(C), integer fields only, explicit padding fields (grant_table; the
+// sizes are asserted in `abi::grant_table`).
+unsafe impl Pod for abi::grant_table::GnttabMapGrantRef {}
+// SAFETY: as above.
+unsafe impl Pod for abi::grant_table::GnttabUnmapGrantRef {}
+// SAFETY: as above.
+unsafe impl Pod for abi::grant_table::GnttabSetupTable {}
+// SAFETY: as above.
+unsafe impl Pod for abi::grant_table::GnttabQuerySize {}
+// SAFETY: as above.
+unsafe impl Pod for abi::grant_table::GnttabCopy {}
 // SAFETY: repr(C) {u64, u64}: no padding, integers.
 unsafe impl Pod for MmuUpdate {}
 // SAFETY: repr(C) {u32, u32, u64, u64} (explicit pad field): no padding, integers.

@@ -9,6 +9,9 @@
 
 mod emul;
 mod events;
+#[cfg(test)]
+mod grant_tests;
+mod grants;
 mod vcpu;
 #[cfg(test)]
 mod vcpu_tests;
@@ -382,6 +385,29 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 return Err(BuildError::OutOfMemory);
             }
         };
+        let grants = match crate::grant::GrantTable::new(
+            &mut self.frames,
+            &mut self.mem,
+            domid,
+            crate::grant::MAX_GRANT_FRAMES as u32,
+        ) {
+            Ok(g) => g,
+            Err(_) => {
+                // No frames for the maptrack: undo the build (ports included).
+                ports.free(&mut self.frames);
+                mm!(self).drop_domain_refs(domid, Some(built.l4));
+                self.invalidate_m2p_of(domid);
+                self.frames.release_domain(domid);
+                self.build_failures += 1;
+                self.recipes[slot] = None;
+                self.domains[slot] = None;
+                log(
+                    &mut self.console,
+                    format_args!("{domid}: build failed: no memory for its grant table"),
+                );
+                return Err(BuildError::OutOfMemory);
+            }
+        };
         // Wall clock at system time 0 (seqlock version even = stable).
         let si = built.shared_info.maddr();
         self.mem.write(si + 3072, &2u32.to_le_bytes());
@@ -420,6 +446,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             event_callback: 0,
             timer: None,
             ports,
+            grants: Some(grants),
             wait: crate::domain::Wait::None,
             poll_ports: [0; abi::vcpu::SCHED_POLL_MAX_PORTS as usize],
             weight,
@@ -738,6 +765,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 result.map(|()| 0)
             }
             Hypercall::MemoryOp { cmd, arg } => self.memory_op(idx, cmd, arg),
+            Hypercall::GrantTableOp { cmd, args, count } => {
+                self.grant_table_op(idx, cmd, args, count)
+            }
         }
     }
 
@@ -1033,15 +1063,24 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             d.ports.free(&mut self.frames);
         }
         (self.switch_to_idle)();
+        // Grants first (integration contract in `grant`): its own mappings go, other
+        // domains' mappings of its frames are orphaned (those frames stay referenced),
+        // and its table frames lose the references the table held.
+        let orphaned = self.release_grants(idx);
         mm!(self).drop_domain_refs(id, Some(base));
         self.invalidate_m2p_of(id);
         let (freed, zombies) = self.frames.release_domain(id);
         log(
             &mut self.console,
             format_args!(
-                "{id} ended: {how}; {freed} frames freed{}, {hypercalls} hypercalls served, cpu time {} us",
+                "{id} ended: {how}; {freed} frames freed{}{}, {hypercalls} hypercalls served, cpu time {} us",
                 if zombies > 0 {
                     " (some still referenced by other domains)"
+                } else {
+                    ""
+                },
+                if orphaned > 0 {
+                    " (some still mapped through grants)"
                 } else {
                     ""
                 },
@@ -1457,8 +1496,8 @@ mod tests {
         assert!(hv.console.out.contains("d0 crashed: vector 14 (#PF)"));
         assert_eq!(
             hv.frames.free_count(),
-            free_before + 257 + 2,
-            "memory, shared_info, port table"
+            free_before + 257 + 2 + crate::grant::MAPTRACK_FRAMES,
+            "memory, shared_info, port table, maptrack"
         );
         assert_eq!(hv.frames.count_owned(DomId(0)), 0);
         // d1 powers off cleanly; the verdict is still failure because d0 crashed.
