@@ -2,82 +2,14 @@
 //! including hostile requests and a granter dying under a live mapping.
 
 use super::*;
-use crate::console::StringConsole;
 use crate::frame_table::Owner;
 use crate::grant::{self, GntSt, GrantEntry, GrantTable, GTF_PERMIT_ACCESS, GTF_READONLY};
-use crate::mem::TestMemory;
-use crate::testutil::{hypervisor, tiny_elf};
 use abi::grant_table::*;
 use abi::hypercall::SchedShutdown;
-use abi::layout::GUEST_VIRT_BASE;
 
-type Hv = Hypervisor<'static, TestMemory, StringConsole>;
-
-struct T {
-    hv: Hv,
-    regs: VcpuRegs,
-    scratch: u64,
-}
+use super::testkit::T;
 
 impl T {
-    /// dom0, d1, d2 (256 pages each, slots 0..3); d0 runs first.
-    fn new() -> T {
-        let mut hv = hypervisor(2000);
-        let elf: &'static [u8] = Box::leak(tiny_elf(b"\x90", 0).into_boxed_slice());
-        let cfg = DomainConfig {
-            kernel: elf,
-            cmdline: "",
-            nr_pages: 256,
-        };
-        let b = hv.create_domain(DomId(0), &cfg, &[]).unwrap();
-        hv.create_domain(DomId(1), &cfg, &[]).unwrap();
-        hv.create_domain(DomId(2), &cfg, &[]).unwrap();
-        let mut regs = VcpuRegs::default();
-        assert!(matches!(
-            hv.start(&mut regs),
-            Next::Run {
-                domid: DomId(0),
-                ..
-            }
-        ));
-        T {
-            hv,
-            regs,
-            scratch: GUEST_VIRT_BASE + b.layout.first_free * 4096,
-        }
-    }
-    fn cur(&self) -> DomId {
-        self.hv.current().unwrap().id
-    }
-    fn call(&mut self, nr: u64, a: [u64; 5]) -> i64 {
-        let r = &mut self.regs;
-        r.rax = nr;
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (a[0], a[1], a[2], a[3], a[4]);
-        self.hv.hypercall(&mut self.regs);
-        self.regs.rax as i64
-    }
-    fn poke(&mut self, va: u64, data: &[u8]) {
-        let l4 = self.hv.current().unwrap().l4;
-        GuestMem::new(&mut self.hv.mem, l4).write(va, data).unwrap();
-    }
-    fn peek(&mut self, va: u64, n: usize) -> Vec<u8> {
-        let l4 = self.hv.current().unwrap().l4;
-        let mut v = vec![0; n];
-        GuestMem::new(&mut self.hv.mem, l4)
-            .read(va, &mut v)
-            .unwrap();
-        v
-    }
-    fn yield_to(&mut self, id: DomId) {
-        for _ in 0..8 {
-            if self.cur() == id {
-                return;
-            }
-            self.call(29, [0; 5]);
-        }
-        panic!("{id} never ran");
-    }
-    /// grant_table_op with `ops` placed at scratch; returns (ret, the ops read back).
     fn gnt<O: Pod>(&mut self, cmd: u64, ops: &[O]) -> (i64, Vec<O>) {
         let s = self.scratch;
         let size = core::mem::size_of::<O>();
@@ -165,7 +97,7 @@ impl T {
 
 #[test]
 fn grant_table_op_end_to_end() {
-    let mut t = T::new();
+    let mut t = T::with_frames(2000);
     let s = t.scratch;
     let bases = |t: &T| -> Vec<Mfn> {
         t.hv.domains
@@ -442,7 +374,7 @@ fn grant_table_op_end_to_end() {
 
 #[test]
 fn mapper_dying_releases_its_mappings() {
-    let mut t = T::new();
+    let mut t = T::with_frames(2000);
     let s = t.scratch;
     t.yield_to(DomId(1));
     let setup = GnttabSetupTable {

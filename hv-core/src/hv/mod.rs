@@ -12,6 +12,8 @@ mod events;
 #[cfg(test)]
 mod grant_tests;
 mod grants;
+#[cfg(test)]
+mod testkit;
 mod vcpu;
 #[cfg(test)]
 mod vcpu_tests;
@@ -327,6 +329,22 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         self.max_restarts = n;
     }
 
+    /// Undoes a finished build whose per-domain hypervisor state (`what`) could not be
+    /// allocated: drops the tables' references, releases every frame, forgets the slot.
+    fn undo_build(&mut self, slot: usize, domid: DomId, l4: Mfn, what: &str) -> BuildError {
+        mm!(self).drop_domain_refs(domid, Some(l4));
+        self.invalidate_m2p_of(domid);
+        self.frames.release_domain(domid);
+        self.build_failures += 1;
+        self.recipes[slot] = None;
+        self.domains[slot] = None;
+        log(
+            &mut self.console,
+            format_args!("{domid}: build failed: no memory for {what}"),
+        );
+        BuildError::OutOfMemory
+    }
+
     /// Builds (or rebuilds) the domain described by `recipes[slot]` into `domains[slot]`.
     fn build_into(&mut self, slot: usize) -> Result<Built, BuildError> {
         let Some(recipe) = self.recipes[slot] else {
@@ -370,20 +388,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         };
         let ports = match crate::evtchn::Ports::new(&mut self.mem, &mut self.frames) {
             Ok(p) => p,
-            Err(_) => {
-                // No frames for the port table: undo the build.
-                mm!(self).drop_domain_refs(domid, Some(built.l4));
-                self.invalidate_m2p_of(domid);
-                self.frames.release_domain(domid);
-                self.build_failures += 1;
-                self.recipes[slot] = None;
-                self.domains[slot] = None;
-                log(
-                    &mut self.console,
-                    format_args!("{domid}: build failed: no memory for its event channels"),
-                );
-                return Err(BuildError::OutOfMemory);
-            }
+            Err(_) => return Err(self.undo_build(slot, domid, built.l4, "its event channels")),
         };
         let grants = match crate::grant::GrantTable::new(
             &mut self.frames,
@@ -393,19 +398,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         ) {
             Ok(g) => g,
             Err(_) => {
-                // No frames for the maptrack: undo the build (ports included).
                 ports.free(&mut self.frames);
-                mm!(self).drop_domain_refs(domid, Some(built.l4));
-                self.invalidate_m2p_of(domid);
-                self.frames.release_domain(domid);
-                self.build_failures += 1;
-                self.recipes[slot] = None;
-                self.domains[slot] = None;
-                log(
-                    &mut self.console,
-                    format_args!("{domid}: build failed: no memory for its grant table"),
-                );
-                return Err(BuildError::OutOfMemory);
+                return Err(self.undo_build(slot, domid, built.l4, "its grant table"));
             }
         };
         // Wall clock at system time 0 (seqlock version even = stable).

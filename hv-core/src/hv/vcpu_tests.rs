@@ -2,72 +2,15 @@
 //! virtual exceptions, iret, timers and blocking.
 
 use super::*;
-use crate::console::StringConsole;
 use crate::evtchn;
-use crate::mem::TestMemory;
 use crate::pod::Pod;
-use crate::testutil::{hypervisor, tiny_elf};
 use abi::event_channel::*;
 use abi::layout::GUEST_VIRT_BASE;
 use abi::vcpu::IretFrame;
 
-type Hv = Hypervisor<'static, TestMemory, StringConsole>;
-
-struct T {
-    hv: Hv,
-    regs: VcpuRegs,
-    scratch: u64,
-}
+use super::testkit::T;
 
 impl T {
-    /// dom0, d1, d2 (256 pages each); d0 runs first.
-    fn new() -> T {
-        let mut hv = hypervisor(1600);
-        let elf: &'static [u8] = Box::leak(tiny_elf(b"\x90", 0).into_boxed_slice());
-        let cfg = DomainConfig {
-            kernel: elf,
-            cmdline: "",
-            nr_pages: 256,
-        };
-        let b = hv.create_domain(DomId(0), &cfg, &[]).unwrap();
-        hv.create_domain(DomId(1), &cfg, &[]).unwrap();
-        hv.create_domain(DomId(2), &cfg, &[]).unwrap();
-        let mut regs = VcpuRegs::default();
-        assert!(matches!(
-            hv.start(&mut regs),
-            Next::Run {
-                domid: DomId(0),
-                ..
-            }
-        ));
-        T {
-            hv,
-            regs,
-            scratch: GUEST_VIRT_BASE + b.layout.first_free * 4096,
-        }
-    }
-    fn cur(&self) -> DomId {
-        self.hv.current().unwrap().id
-    }
-    fn call(&mut self, nr: u64, a: [u64; 5]) -> i64 {
-        let r = &mut self.regs;
-        r.rax = nr;
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (a[0], a[1], a[2], a[3], a[4]);
-        self.hv.hypercall(&mut self.regs);
-        self.regs.rax as i64
-    }
-    fn poke(&mut self, va: u64, data: &[u8]) {
-        let l4 = self.hv.current().unwrap().l4;
-        GuestMem::new(&mut self.hv.mem, l4).write(va, data).unwrap();
-    }
-    fn peek(&mut self, va: u64, n: usize) -> Vec<u8> {
-        let l4 = self.hv.current().unwrap().l4;
-        let mut v = vec![0; n];
-        GuestMem::new(&mut self.hv.mem, l4)
-            .read(va, &mut v)
-            .unwrap();
-        v
-    }
     /// event_channel_op with `arg` bytes placed at scratch; returns (ret, arg bytes after).
     fn evtchn(&mut self, cmd: u64, arg: &[u8]) -> (i64, Vec<u8>) {
         let s = self.scratch;
@@ -82,18 +25,6 @@ impl T {
                 vec![]
             },
         )
-    }
-    fn yield_to(&mut self, id: DomId) {
-        for _ in 0..8 {
-            if self.cur() == id {
-                return;
-            }
-            self.call(29, [0; 5]);
-        }
-        panic!("{id} never ran");
-    }
-    fn shared_info(&self, id: DomId) -> Mfn {
-        self.hv.domain(id).unwrap().shared_info
     }
 }
 
