@@ -49,39 +49,34 @@ pub fn translate(mem: &impl MachineMemory, l4: Mfn, va: u64, access: Access) -> 
     if !abi::layout::is_canonical(va) || abi::layout::is_hypervisor_va(va) {
         return Err(Errno::EFAULT);
     }
-    let mut table = l4.maddr();
-    for level in (1..=4).rev() {
-        let pte = mem
-            .read_u64(table + 8 * table_index(va, level) as u64)
-            .ok_or(Errno::EFAULT)?;
-        if pte & PTE_P == 0 || pte & PTE_US == 0 {
-            return Err(Errno::EFAULT);
-        }
-        if access == Access::Write && pte & PTE_RW == 0 {
-            return Err(Errno::EFAULT);
-        }
-        let page_bits = 12 + 9 * (level - 1);
-        if level == 1 || ((level == 2 || level == 3) && pte & PTE_PS != 0) {
-            let size_mask = (1u64 << page_bits) - 1;
-            return Ok((pte & PTE_ADDR_MASK & !size_mask) | (va & size_mask));
-        }
-        table = pte & PTE_ADDR_MASK;
-    }
-    Err(Errno::EFAULT)
+    let allowed = |pte: u64| pte & PTE_US != 0 && (access == Access::Read || pte & PTE_RW != 0);
+    walk(mem, l4, va, allowed)
+        .map(|(maddr, _)| maddr)
+        .ok_or(Errno::EFAULT)
 }
 
 /// Walks the tables rooted at `l4` for `va` without any permission check (hypervisor
 /// internal use: the M2P mapping, tests). Returns (machine address, leaf entry).
 pub fn walk_raw(mem: &impl MachineMemory, l4: Mfn, va: u64) -> Option<(u64, u64)> {
+    walk(mem, l4, va, |_| true)
+}
+
+/// The one page walk: every level's entry must be present and pass `allowed`; large
+/// pages (2 MiB, 1 GiB) end the walk. Returns (machine address, leaf entry).
+fn walk(
+    mem: &impl MachineMemory,
+    l4: Mfn,
+    va: u64,
+    allowed: impl Fn(u64) -> bool,
+) -> Option<(u64, u64)> {
     let mut table = l4.maddr();
     for level in (1..=4).rev() {
         let pte = mem.read_u64(table + 8 * table_index(va, level) as u64)?;
-        if pte & PTE_P == 0 {
+        if pte & PTE_P == 0 || !allowed(pte) {
             return None;
         }
-        let page_bits = 12 + 9 * (level - 1);
         if level == 1 || ((level == 2 || level == 3) && pte & PTE_PS != 0) {
-            let size_mask = (1u64 << page_bits) - 1;
+            let size_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
             return Some(((pte & PTE_ADDR_MASK & !size_mask) | (va & size_mask), pte));
         }
         table = pte & PTE_ADDR_MASK;
