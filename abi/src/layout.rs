@@ -35,6 +35,12 @@ pub const fn is_hypervisor_va(va: u64) -> bool {
     va >= HYPERVISOR_VIRT_START && va < HYPERVISOR_VIRT_END
 }
 
+/// True if `va` is an address a guest may use: canonical and outside the hypervisor's
+/// region.
+pub const fn is_guest_va(va: u64) -> bool {
+    is_canonical(va) && !is_hypervisor_va(va)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

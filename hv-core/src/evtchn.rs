@@ -227,6 +227,14 @@ pub fn clear_pending(mem: &mut impl MachineMemory, si: Mfn, port: u32) {
     }
 }
 
+/// True if `port`'s pending bit is set (masked or not).
+pub fn is_pending(mem: &impl MachineMemory, si: Mfn, port: u32) -> bool {
+    port < EVTCHN_PORTS
+        && mem
+            .read_u64(si.maddr() + PENDING + 8 * u64::from(port / 64))
+            .is_some_and(|w| w & (1 << (port % 64)) != 0)
+}
+
 /// True if vCPU 0 has an event pending and upcalls are not masked.
 pub fn upcall_due(mem: &impl MachineMemory, si: Mfn) -> bool {
     let mut b = [0u8; 2];

@@ -46,7 +46,7 @@ pub enum Access {
 /// user-accessible, and writable for writes. Large pages (2 MiB, 1 GiB) are honoured.
 /// Any failure, including an entry pointing outside RAM, is `EFAULT`.
 pub fn translate(mem: &impl MachineMemory, l4: Mfn, va: u64, access: Access) -> Result<u64, Errno> {
-    if !abi::layout::is_canonical(va) || abi::layout::is_hypervisor_va(va) {
+    if !abi::layout::is_guest_va(va) {
         return Err(Errno::EFAULT);
     }
     let allowed = |pte: u64| pte & PTE_US != 0 && (access == Access::Read || pte & PTE_RW != 0);
@@ -87,7 +87,7 @@ fn walk(
 /// The machine address of the L1 entry that maps `va` in the tree rooted at `l4`: every
 /// upper level must be present (large pages have no L1 entry). `EINVAL` otherwise.
 pub fn l1_entry_maddr(mem: &impl MachineMemory, l4: Mfn, va: u64) -> Result<u64, Errno> {
-    if !abi::layout::is_canonical(va) || abi::layout::is_hypervisor_va(va) {
+    if !abi::layout::is_guest_va(va) {
         return Err(Errno::EINVAL);
     }
     let mut table = l4.maddr();

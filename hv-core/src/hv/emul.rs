@@ -16,7 +16,7 @@ use crate::emulate::{self, Env, Fault, Outcome};
 use crate::evtchn;
 use crate::guest_mem::GuestMem;
 use crate::mem::MachineMemory;
-use crate::mm::{Actor, Mm};
+use crate::mm::Actor;
 use abi::Mfn;
 
 /// Ports the hypervisor itself drives (never passed through to dom0).
@@ -86,22 +86,11 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
     }
 
     fn write_cr3(&mut self, value: u64) -> Result<(), Fault> {
-        // Same validation as MMUEXT_NEW_BASEPTR: the frame must be usable as an L4.
         let new = Mfn((value & crate::paging::PTE_ADDR_MASK) >> 12);
-        let hv = &mut *self.hv;
-        let mut mm = Mm {
-            frames: &mut hv.frames,
-            mem: &mut hv.mem,
-            hv_l4e: &hv.hypervisor_l4e,
-            budget: &mut hv.budget,
-        };
-        mm.get_base(new, self.actor).map_err(|_| Fault::Gp(0))?;
-        mm.put_base(self.l4);
-        if let Some(d) = hv.domains[self.idx].as_mut() {
-            d.l4 = new;
-        }
+        self.hv
+            .switch_base(self.idx, new, self.actor)
+            .map_err(|_| Fault::Gp(0))?;
         self.l4 = new;
-        self.fx.flush = true;
         Ok(())
     }
 
@@ -231,15 +220,6 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
 
     /// `hlt`: wait for any event (without changing the upcall mask).
     fn halt(&mut self, idx: usize) {
-        let Some(si) = self.domains[idx].as_ref().map(|d| d.shared_info) else {
-            return;
-        };
-        if evtchn::event_pending(&self.mem, si) {
-            return;
-        }
-        if let Some(d) = self.domains[idx].as_mut() {
-            d.wait = crate::domain::Wait::Block;
-        }
-        let _ = self.sched.block(idx, self.now);
+        self.sleep_until_event(idx);
     }
 }

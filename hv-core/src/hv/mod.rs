@@ -794,25 +794,29 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         match op.cmd {
             c @ 0..=MMUEXT_PIN_L4_TABLE => mm!(self).pin(mfn, c + 1, actor),
             MMUEXT_UNPIN_TABLE => mm!(self).unpin(mfn, actor),
-            MMUEXT_NEW_BASEPTR => {
-                let old = self.domains[idx]
-                    .as_ref()
-                    .map(|d| d.l4)
-                    .ok_or(Errno::ESRCH)?;
-                mm!(self).get_base(mfn, actor)?;
-                mm!(self).put_base(old);
-                if let Some(d) = self.domains[idx].as_mut() {
-                    d.l4 = mfn;
-                }
-                self.flush_tlb = true;
-                Ok(())
-            }
+            MMUEXT_NEW_BASEPTR => self.switch_base(idx, mfn, actor),
             MMUEXT_TLB_FLUSH_LOCAL | MMUEXT_INVLPG_LOCAL => {
                 self.flush_tlb = true;
                 Ok(())
             }
             _ => Err(Errno::ENOSYS),
         }
+    }
+
+    /// Loads `new` as domain slot `idx`'s base pointer (validated as an L4), releasing
+    /// the old one: `MMUEXT_NEW_BASEPTR` and an emulated `mov cr3`.
+    pub(super) fn switch_base(&mut self, idx: usize, new: Mfn, actor: Actor) -> Result<(), Errno> {
+        let old = self.domains[idx]
+            .as_ref()
+            .map(|d| d.l4)
+            .ok_or(Errno::ESRCH)?;
+        mm!(self).get_base(new, actor)?;
+        mm!(self).put_base(old);
+        if let Some(d) = self.domains[idx].as_mut() {
+            d.l4 = new;
+        }
+        self.flush_tlb = true;
+        Ok(())
     }
 
     /// `memory_op` for domain slot `idx`.

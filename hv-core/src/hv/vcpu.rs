@@ -40,8 +40,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 if t.address == 0 {
                     break;
                 }
-                if !abi::layout::is_canonical(t.address) || abi::layout::is_hypervisor_va(t.address)
-                {
+                if !abi::layout::is_guest_va(t.address) {
                     return Err(Errno::EINVAL);
                 }
                 // Vectors above 31 are software interrupts: not delivered (yet).
@@ -57,8 +56,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     }
 
     pub(super) fn set_callbacks(&mut self, idx: usize, event: u64) -> Result<u64, Errno> {
-        if event != 0 && (!abi::layout::is_canonical(event) || abi::layout::is_hypervisor_va(event))
-        {
+        if event != 0 && !abi::layout::is_guest_va(event) {
             return Err(Errno::EINVAL);
         }
         if let Some(d) = self.domains[idx].as_mut() {
@@ -160,14 +158,23 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     pub(super) fn block(&mut self, idx: usize) -> Result<u64, Errno> {
         let si = self.domains[idx].as_ref().ok_or(Errno::ESRCH)?.shared_info;
         evtchn::set_upcall_mask(&mut self.mem, si, false);
+        self.sleep_until_event(idx);
+        Ok(0)
+    }
+
+    /// Puts domain slot `idx` to sleep until an event is pending (at once a no-op if one
+    /// already is): `sched_op(Block)` after unmasking, and an emulated `hlt`.
+    pub(super) fn sleep_until_event(&mut self, idx: usize) {
+        let Some(si) = self.domains[idx].as_ref().map(|d| d.shared_info) else {
+            return;
+        };
         if evtchn::event_pending(&self.mem, si) {
-            return Ok(0);
+            return;
         }
         if let Some(d) = self.domains[idx].as_mut() {
             d.wait = Wait::Block;
         }
         let _ = self.sched.block(idx, self.now);
-        Ok(0)
     }
 
     /// `sched_op(Poll)`: sleep until a listed port is pending or the timeout passes.
@@ -191,7 +198,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 return Err(Errno::EINVAL);
             }
         }
-        if ports[..n].iter().any(|&port| self.port_pending(si, port)) {
+        if ports[..n]
+            .iter()
+            .any(|&port| evtchn::is_pending(&self.mem, si, port))
+        {
             return Ok(0);
         }
         if p.timeout != 0 && p.timeout <= self.now {
@@ -206,13 +216,6 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         }
         let _ = self.sched.block(idx, self.now);
         Ok(0)
-    }
-
-    fn port_pending(&self, si: abi::Mfn, port: u32) -> bool {
-        let word = u64::from(port / 64);
-        self.mem
-            .read_u64(si.maddr() + 2048 + 8 * word)
-            .is_some_and(|w| w & (1 << (port % 64)) != 0)
     }
 
     /// Wakes domain slot `idx` if `port` (or, with `upcall`, any event) is what it waits for.
