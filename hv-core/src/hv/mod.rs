@@ -145,6 +145,7 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     clock: crate::time::Clock,
     now: u64,
     now_tsc: u64,
+    time_stale: bool,
     wallclock_sec: u64,
     modules: [ModuleInfo; MAX_MODULES],
     nr_modules: usize,
@@ -199,6 +200,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             clock: crate::time::Clock::new(1_000_000_000, 0),
             now: 0,
             now_tsc: 0,
+            time_stale: false,
             wallclock_sec: 0,
             modules: [ModuleInfo::EMPTY; MAX_MODULES],
             nr_modules: 0,
@@ -291,6 +293,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// A timer interrupt (or the end of an idle period): fire timers, maybe preempt.
     /// `regs` holds the interrupted guest's registers (ignored if none was running).
     pub fn tick(&mut self, regs: &mut VcpuRegs) -> Next {
+        self.time_stale = true;
         self.after_event(regs)
     }
 

@@ -329,7 +329,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 .and_then(|i| self.domains[i].as_ref())
                 .is_some_and(|d| d.state == DomainState::Runnable);
             let next = self.sched.schedule(self.now);
+            // Time is republished when a vCPU is loaded and on timer ticks, not on every
+            // hypercall return: between updates the guest extrapolates with its TSC.
+            let mut refresh_time = core::mem::take(&mut self.time_stale);
             if next != self.current || discard {
+                refresh_time = true;
                 if let (Some(c), true, false) = (self.current, cur_alive, discard) {
                     if let Some(d) = self.domains[c].as_mut() {
                         d.regs = *regs;
@@ -346,7 +350,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             let Some(idx) = self.current else {
                 return self.idle_or_exit();
             };
-            self.publish_time(idx);
+            if refresh_time {
+                self.publish_time(idx);
+            }
             self.deliver_upcall(idx, regs);
             let Some(d) = self.domains[idx].as_ref() else {
                 continue;
