@@ -70,7 +70,7 @@ impl<const N: usize, F: FnMut(&[u8])> Drop for LineBuf<N, F> {
 /// dropped: there is nowhere else to report them.
 pub fn write_all(mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        match crate::hv::console_write(bytes) {
+        match crate::platform::console_write(bytes) {
             Ok(n) if n > 0 && n <= bytes.len() => bytes = &bytes[n..],
             _ => return,
         }

@@ -348,8 +348,15 @@ pub fn sched_yield() -> Result<(), Errno> {
     default_path().sched_yield()
 }
 
-/// [`Path::shutdown`] on the default path.
+/// Ends the domain: [`Path::shutdown`] on the default path in PV mode, the platform's
+/// way otherwise ([`crate::platform::shutdown`]).
 pub fn shutdown(reason: ShutdownReason) -> ! {
+    crate::platform::shutdown(reason)
+}
+
+/// `sched_op(shutdown)` on the default path, whatever the platform mode (what
+/// [`shutdown`] does in PV mode).
+pub fn shutdown_pv(reason: ShutdownReason) -> ! {
     default_path().shutdown(reason)
 }
 

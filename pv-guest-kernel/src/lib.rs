@@ -70,6 +70,7 @@ pub mod hv;
 pub mod hypercall;
 pub mod mem;
 pub mod mm;
+pub mod platform;
 pub mod rt;
 pub mod shared;
 pub mod time;
@@ -95,6 +96,16 @@ macro_rules! entry {
         ) -> ! {
             // SAFETY: called once, by `_start` below, with the start_info pointer the
             // domain builder passed in rsi, which satisfies `rt::start`'s contract.
+            unsafe { $crate::rt::start(si, $main) }
+        }
+
+        /// Entered by the runtime's bare-hardware boot (`_start32`, see
+        /// `platform::native::boot`) with the start_info page it built.
+        #[cfg(target_os = "none")]
+        #[no_mangle]
+        extern "C" fn __pv_native_main(si: *const $crate::abi::start_info::StartInfo) -> ! {
+            // SAFETY: the native boot passes the start_info page it built, valid forever
+            // and describing the memory the kernel runs in: `rt::start`'s contract.
             unsafe { $crate::rt::start(si, $main) }
         }
 
@@ -126,6 +137,7 @@ macro_rules! entry {
             ".balign 16",
             "__pv_boot_stack_bottom:",
             "    .skip {stack_size}",
+            ".globl __pv_boot_stack_top",
             "__pv_boot_stack_top:",
             ".popsection",
             start = sym __pv_guest_kernel_start,

@@ -11,6 +11,7 @@ use abi::hypercall::ShutdownReason;
 use abi::layout;
 use abi::start_info::StartInfo;
 
+use crate::platform::{self, Mode};
 use crate::{hv, mem};
 
 /// Size of the stack `_start` switches to (in `.bss`, 16-byte aligned).
@@ -59,6 +60,7 @@ pub unsafe fn start(si: *const StartInfo, main: KernelMain) -> ! {
         hv::shutdown(ShutdownReason::Crash);
     }
     START_INFO.store(si as *const StartInfo as *mut StartInfo, Ordering::Release);
+    select_platform(si);
     #[cfg(target_os = "none")]
     let (free_start, free_end) = (si.first_free_va, mem::memory_end(si));
     // On the host the fake hypervisor's memory is a host buffer.
@@ -69,6 +71,32 @@ pub unsafe fn start(si: *const StartInfo, main: KernelMain) -> ! {
     // boot.
     unsafe { mem::init_scratch(free_start, free_end) };
     main(si)
+}
+
+/// Picks the pv_ops implementation: bare-hardware boots already chose
+/// [`Mode::Native`]; under the hypervisor `pvops=native` on the command line selects
+/// [`Mode::Trapped`], anything else [`Mode::Pv`]. The native modes then bring up their
+/// IDT, PIC and timer before the kernel's main runs.
+fn select_platform(si: &StartInfo) {
+    let wants_native = crate::cmdline::Cmdline::new(si.cmdline()).get("pvops") == Some("native");
+    if platform::mode() == Mode::Pv && wants_native {
+        platform::set_mode(Mode::Trapped);
+        // The M2P is at the ABI's fixed address; it covers at least every frame the P2M
+        // names.
+        let max = (0..si.nr_pages)
+            .filter_map(|p| mem::p2m_entry(p).map(|m| m.0))
+            .filter(|&m| m != abi::mm::INVALID_P2M_ENTRY)
+            .max()
+            .unwrap_or(0);
+        crate::mm::pv::set_m2p_window(abi::mm::M2P_VIRT_START, max + 1);
+    }
+    if platform::mode().is_native() {
+        platform::native::uart::init();
+        if let Err(e) = platform::init() {
+            crate::println!("boot: platform init failed: {e}");
+            hv::shutdown(ShutdownReason::Crash);
+        }
+    }
 }
 
 #[cfg(target_os = "none")]

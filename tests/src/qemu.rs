@@ -85,6 +85,9 @@ pub struct BootSpec {
     pub icount: bool,
     /// Appended verbatim after everything else.
     pub extra: Vec<OsString>,
+    /// Boot the guest kernel itself on the bare (emulated) machine with these
+    /// arguments, instead of the hypervisor: the guest's native mode (issue 5).
+    pub native: Option<String>,
 }
 
 impl BootSpec {
@@ -98,6 +101,7 @@ impl BootSpec {
             guest_args: Vec::new(),
             icount: false,
             extra: Vec::new(),
+            native: None,
         }
     }
 
@@ -119,6 +123,15 @@ impl BootSpec {
         }
         if self.icount {
             push(&["-icount", "shift=0,sleep=off"]);
+        }
+
+        if let Some(native_args) = &self.native {
+            args.push("-kernel".into());
+            args.push(self.images.join(GUEST_IMAGE).into_os_string());
+            args.push("-append".into());
+            args.push(native_args.into());
+            args.extend(self.extra.iter().cloned());
+            return Ok(args);
         }
 
         let mut modules = vec![module_string(

@@ -40,6 +40,7 @@ pub struct Scenario {
     timeout: Duration,
     icount: bool,
     extra: Vec<String>,
+    native: Option<String>,
 }
 
 impl Scenario {
@@ -54,7 +55,16 @@ impl Scenario {
             timeout: DEFAULT_TIMEOUT,
             icount: false,
             extra: Vec::new(),
+            native: None,
         }
+    }
+
+    /// Boots the guest kernel directly on the machine (no hypervisor, no dom0) with
+    /// these arguments: its native mode. Its lines carry no `[dN]` prefix; its verdict
+    /// is QEMU's exit status (isa-debug-exit), as for the hypervisor.
+    pub fn native(mut self, args: impl Into<String>) -> Self {
+        self.native = Some(args.into());
+        self
     }
 
     /// The hypervisor's command line.
@@ -122,6 +132,7 @@ impl Scenario {
             guest_args: self.guests.clone(),
             icount: self.icount,
             extra: self.extra.iter().map(Into::into).collect(),
+            native: self.native.clone(),
         };
         let command = spec
             .command()

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Deterministic instruction counting (-icount shift=0,sleep=off; implies --accel tcg).
     #[arg(long)]
     icount: bool,
+    /// Boot the guest kernel alone on the bare machine (its native mode) with
+    /// --guest-args, instead of the hypervisor with dom0 and guests.
+    #[arg(long)]
+    native: bool,
     /// Boot the images already in target/images without rebuilding.
     #[arg(long)]
     no_build: bool,
@@ -60,9 +64,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         accel,
         hv_args: args.hv_args,
         dom0_args: args.dom0_args,
-        guest_args: vec![args.guest_args; args.guests],
+        guest_args: vec![args.guest_args.clone(); args.guests],
         icount: args.icount,
         extra: args.qemu_args.into_iter().map(Into::into).collect(),
+        native: args.native.then(|| args.guest_args.clone()),
     };
     println!("==> {}", spec.command_line()?);
     let status = spec

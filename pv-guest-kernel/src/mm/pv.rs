@@ -36,6 +36,14 @@ pub fn machphys() -> Result<MachphysMapping, Errno> {
     Ok(m)
 }
 
+/// Tells [`m2p`] where the M2P is without asking the hypervisor: the native platform
+/// builds its own M2P (bare hardware), or finds the hypervisor's at the ABI's fixed
+/// address (trapped mode, which makes no hypercalls).
+pub fn set_m2p_window(start: u64, entries: u64) {
+    M2P_START.store(start, Ordering::Relaxed);
+    M2P_ENTRIES.store(entries, Ordering::Relaxed);
+}
+
 /// Forgets what [`machphys`] remembered (host runs: each fake has its own M2P).
 #[cfg(not(target_os = "none"))]
 pub(crate) fn forget_machphys() {

@@ -13,6 +13,7 @@ mod memory;
 mod mm_hostile;
 mod multicall;
 mod ptwr_bad;
+mod tasks;
 mod traps;
 
 use pv_guest_kernel::abi::start_info::StartInfo;
@@ -39,6 +40,11 @@ pub struct Program {
 
 /// Every program, selected by `test=<name>`.
 pub static PROGRAMS: &[Program] = &[
+    Program {
+        name: "tasks",
+        about: "the pv_ops program (any mode): tasks, address spaces, demand paging, churn, sleeps",
+        run: tasks::run,
+    },
     Program {
         name: "hello",
         about: "domain id, version, features via hypercalls; yields=N (5) ticks",
