@@ -179,6 +179,8 @@ static TIMER_PORT: AtomicU32 = AtomicU32::new(0);
 static PROGRAMMED: AtomicU64 = AtomicU64::new(0);
 /// `VIRQ_TIMER` events handled.
 static TIMER_EVENTS: AtomicU64 = AtomicU64::new(0);
+/// Period of the periodic tick (0: none), see [`set_periodic`].
+static PERIOD: AtomicU64 = AtomicU64::new(0);
 
 /// Binds `VIRQ_TIMER` (once; also registers the event callback). Returns its port.
 pub fn init() -> Result<u32, Errno> {
@@ -222,7 +224,24 @@ fn on_timer(_port: u32) {
         let _ = hv::set_timer_op(d);
     } else {
         PROGRAMMED.store(0, Ordering::Relaxed);
+        let period = PERIOD.load(Ordering::Relaxed);
+        if period != 0 {
+            let _ = program(now_ns().saturating_add(period));
+        }
     }
+}
+
+/// A periodic tick every `period_ns` (0 stops it), built on the one-shot timer: each
+/// expiry with nothing else programmed re-arms it. What a native kernel's PIT does; a PV
+/// kernel only needs it to compare like with like (Xen has `VCPUOP_set_periodic_timer`
+/// for the same purpose).
+pub fn set_periodic(period_ns: u64) -> Result<(), Errno> {
+    init()?;
+    PERIOD.store(period_ns, Ordering::Relaxed);
+    if period_ns != 0 && PROGRAMMED.load(Ordering::Relaxed) == 0 {
+        program(now_ns().saturating_add(period_ns))?;
+    }
+    Ok(())
 }
 
 /// Programs the one-shot timer (0 cancels), with upcalls masked so the handler sees a

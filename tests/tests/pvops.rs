@@ -32,3 +32,41 @@ fn tasks_paravirtualized() {
         .assert_result("[d1]", TestResult::Success)
         .assert_all_domains_ended();
 }
+
+#[test]
+fn workload_suite_native_and_pv() {
+    let native = Scenario::new("pvops-workload-native")
+        .native("test=workload reps=1")
+        .icount(true)
+        .timeout(Duration::from_secs(90))
+        .run();
+    native
+        .assert_hv_success()
+        .assert_result("", TestResult::Success);
+    let pv = Scenario::new("pvops-workload-pv")
+        .guest("test=workload reps=1")
+        .icount(true)
+        .timeout(Duration::from_secs(90))
+        .run();
+    pv.assert_hv_success()
+        .assert_result("[d1]", TestResult::Success);
+    for kind in ["cpu", "timer", "switch", "churn"] {
+        let name = format!("bench: name=wl-{kind}");
+        let n = native.number_after(&name, "median=");
+        let p = pv.number_after(&format!("[d1] {name}"), "median=");
+        native.expect(n.is_some_and(|v| v > 0), format!("native {kind} figure"));
+        pv.expect(p.is_some_and(|v| v > 0), format!("pv {kind} figure"));
+    }
+    // Pure compute is the same code on the same CPU: the path lengths agree closely.
+    let (n, p) = (
+        native
+            .number_after("bench: name=wl-cpu", "median=")
+            .unwrap_or(0),
+        pv.number_after("[d1] bench: name=wl-cpu", "median=")
+            .unwrap_or(u64::MAX),
+    );
+    native.expect(
+        p.abs_diff(n) * 100 < n,
+        format!("cpu: native {n} vs pv {p} within 1%"),
+    );
+}

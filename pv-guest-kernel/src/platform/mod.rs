@@ -176,6 +176,23 @@ pub fn sleep_until(deadline_ns: u64) -> Result<(), Errno> {
     }
 }
 
+/// Turns the periodic timer tick ([`native::TICK_HZ`]) on or off. Native: unmasks or
+/// masks IRQ 0 at the PIC (the tick is on after boot: sleeping needs it); PV: a
+/// periodic `VIRQ_TIMER` ([`time::set_periodic`], off after boot).
+pub fn set_tick(on: bool) -> Result<(), Errno> {
+    match mode() {
+        Mode::Pv => time::set_periodic(if on {
+            1_000_000_000 / native::TICK_HZ
+        } else {
+            0
+        }),
+        _ => {
+            native::set_tick(on);
+            Ok(())
+        }
+    }
+}
+
 /// Timer interrupts (PV: `VIRQ_TIMER` events) taken so far.
 pub fn timer_interrupts() -> u64 {
     match mode() {

@@ -15,6 +15,7 @@ mod multicall;
 mod ptwr_bad;
 mod tasks;
 mod traps;
+mod workload;
 
 use pv_guest_kernel::abi::start_info::StartInfo;
 use pv_guest_kernel::cmdline::Cmdline;
@@ -40,6 +41,11 @@ pub struct Program {
 
 /// Every program, selected by `test=<name>`.
 pub static PROGRAMS: &[Program] = &[
+    Program {
+        name: "workload",
+        about: "kind=cpu|timer|switch|churn|all reps=N: the lab's workload suite (any mode)",
+        run: workload::run,
+    },
     Program {
         name: "tasks",
         about: "the pv_ops program (any mode): tasks, address spaces, demand paging, churn, sleeps",

@@ -157,6 +157,11 @@ pub fn init() -> Result<(), Errno> {
     Ok(())
 }
 
+/// Unmasks (or masks) IRQ 0, the tick, at the PIC.
+pub fn set_tick(on: bool) {
+    cpu::outb(0x21, if on { 0xfe } else { 0xff });
+}
+
 /// Called by the IDT stubs for every exception and interrupt.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 extern "C" fn native_trap_entry(frame: &mut ExceptionFrame) {
