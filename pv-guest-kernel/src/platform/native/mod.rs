@@ -132,6 +132,10 @@ pub fn init() -> Result<(), Errno> {
     if INITIALISED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
+    // Stores into read-only page-table pages must go through (the bare-hardware
+    // trampoline already cleared WP; under the hypervisor this is emulated and makes it
+    // apply such stores for us).
+    cpu::clear_cr0_wp();
     idt::load();
     // 8259 pair: ICW1 (edge, cascade, ICW4), ICW2 vector bases, ICW3 wiring, ICW4 8086.
     for (port, v) in [
@@ -395,6 +399,23 @@ pub(crate) mod cpu {
             let _ = port;
             0x60
         }
+    }
+
+    /// Clears `CR0.WP` (`mov rax, cr0; and; mov cr0, rax`).
+    pub fn clear_cr0_wp() {
+        // SAFETY: WP only decides whether ring-0 stores honour read-only mappings; the
+        // kernel relies on them going through (see `store_pte`).
+        #[cfg(target_os = "none")]
+        unsafe {
+            asm!(
+                "mov {t}, cr0",
+                "and {t}, {mask}",
+                "mov cr0, {t}",
+                t = out(reg) _,
+                mask = in(reg) !(1u64 << 16),
+                options(nostack)
+            )
+        };
     }
 
     /// `mov rax, cr2`.
