@@ -39,6 +39,7 @@ pub struct Scenario {
     guests: Vec<String>,
     timeout: Duration,
     icount: bool,
+    accel: Option<Accel>,
     extra: Vec<String>,
 }
 
@@ -53,6 +54,7 @@ impl Scenario {
             guests: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             icount: false,
+            accel: None,
             extra: Vec::new(),
         }
     }
@@ -88,6 +90,13 @@ impl Scenario {
         self
     }
 
+    /// This accelerator for this scenario, whatever `PVH_ACCEL` or detection say
+    /// (`icount` still forces TCG). The lab uses it for `--clock tcg|kvm`.
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.accel = Some(accel);
+        self
+    }
+
     /// An extra QEMU argument, appended after the standard ones.
     pub fn qemu_arg(mut self, arg: impl Into<String>) -> Self {
         self.extra.push(arg.into());
@@ -111,6 +120,8 @@ impl Scenario {
 
         let (accel, accel_reason) = if self.icount {
             (Accel::Tcg, "icount requires TCG".to_string())
+        } else if let Some(accel) = self.accel {
+            (accel, "chosen by the scenario".to_string())
         } else {
             scenario_accel()
         };
