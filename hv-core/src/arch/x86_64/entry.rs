@@ -6,14 +6,18 @@
 //! and the vector, and `trap_common` pushes the GPRs. Rust gets `&mut TrapFrame`, may
 //! replace its contents (that is a context switch), and `trap_return` pops it and
 //! `iretq`s. `syscall` uses pseudo-vector [`SYSCALL_VECTOR`]; the return is always
-//! `iretq` (no `sysret`: it has the non-canonical-RCX pitfall).
+//! `iretq` (no `sysret`: it has the non-canonical-RCX pitfall), except for the lab's
+//! reference below.
 //!
 //! **Measurement-lab reference** (docs/benchmarking.md): the first two instructions of
 //! `syscall_entry` send hypercall [`abi::HypercallNr::BenchNull`] to `syscall_bench_null`,
 //! which switches to the hypervisor stack, saves and restores all fifteen GPRs as
 //! `trap_common` does, returns 0 and leaves with `sysretq`: an empty handler, the floor
 //! of a hypercall round trip. It returns through the ordinary path instead when `rcx`
-//! (the resume rip) is not canonical, since `sysretq` would then fault in ring 0.
+//! (the resume rip) is not canonical, since `sysretq` would then fault in ring 0. Its
+//! last instructions run in ring 0 on the guest's stack (as every `sysretq` path does);
+//! with IF clear only an NMI or #MC could arrive there, and neither is expected on this
+//! platform (both are fatal anywhere in ring 0 today).
 //!
 //! One CPU, so the hypervisor stack and the syscall scratch slot are single globals.
 
