@@ -621,9 +621,7 @@ pub fn relate(cells: &mut [Cell]) -> BTreeMap<String, Option<f64>> {
 type Serial = std::result::Result<String, String>;
 
 fn scenario(opts: &Options, name: &str) -> Scenario {
-    let s = Scenario::new(name)
-        .timeout(Duration::from_secs(if opts.quick { 90 } else { 300 }))
-        .dom0("yields=0");
+    let s = Scenario::new(name).timeout(timeout(opts)).dom0("yields=0");
     match opts.clock {
         Clock::Icount => s.icount(true),
         Clock::Kvm => s.accel(Accel::Kvm),
@@ -679,11 +677,21 @@ fn direct_boot(opts: &Options, name: &str, image: &str, args: &str) -> Serial {
         accel,
         opts.clock == Clock::Icount,
     ));
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("{name}: cannot start {}: {e}", crate::qemu::QEMU))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = crate::scenario::run_command(name, cmd, timeout(opts));
+    // A directly booted kernel reports through isa-debug-exit like the hypervisor.
+    if !out.hv_success() {
+        return Err(format!(
+            "boot {name} failed: {} (log {})",
+            out.status_text(),
+            out.log.display()
+        ));
+    }
+    Ok(out.serial)
+}
+
+/// The hard limit of one boot.
+fn timeout(opts: &Options) -> Duration {
+    Duration::from_secs(if opts.quick { 90 } else { 300 })
 }
 
 /// QEMU's arguments for a direct multiboot boot of `kernel`.

@@ -167,6 +167,31 @@ impl Scenario {
     }
 }
 
+/// Runs an arbitrary QEMU `command` (e.g. a kernel booted directly, without the
+/// hypervisor) the way [`Scenario::run`] does: no stdin, output captured and logged to
+/// `target/scenario-logs/<name>.log`, killed at `timeout`.
+pub fn run_command(name: &str, command: Command, timeout: Duration) -> Outcome {
+    let command_line = format!("{command:?}");
+    let log_path = log_path(name);
+    let mut log = create_log(&log_path);
+    let _ = writeln!(
+        log,
+        "# scenario: {name}\n# timeout: {timeout:?}\n# command: {command_line}\n"
+    );
+    let capture = run_with_timeout(command, timeout, log)
+        .unwrap_or_else(|e| panic!("scenario {name}: cannot start {}: {e}", qemu::QEMU));
+    Outcome {
+        name: name.to_string(),
+        command: command_line,
+        status: capture.status,
+        timed_out: capture.timed_out,
+        serial: capture.stdout,
+        qemu_stderr: capture.stderr,
+        elapsed: capture.elapsed,
+        log: log_path,
+    }
+}
+
 /// A guest's (or dom0's) final XTF-style verdict: `Test result: <WORD>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestResult {
