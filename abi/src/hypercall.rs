@@ -68,11 +68,29 @@ pub enum HypercallNr {
     /// caller's domain id. Xen guests read it from xenstore; ours need it before xenstore
     /// exists.
     DomainId = 48,
+    /// **Measurement-lab reference** (project extension, `__HYPERVISOR_arch_6`): set or
+    /// clear the calling domain's reference `#GP` rip ([`BENCH_GP_REF_LEN`]). Exists only
+    /// so `cargo xtask bench` can measure the cost of an empty `#GP` round trip; see
+    /// docs/benchmarking.md.
+    BenchGpRef = 54,
+    /// **Measurement-lab reference** (project extension, `__HYPERVISOR_arch_7`): does
+    /// nothing and returns 0. Through `syscall` it is answered by the hypervisor's
+    /// entry stub itself (every register saved and restored, no dispatch, no scheduler,
+    /// `sysretq`): the floor a hypercall's ring round trip cannot go below. Through
+    /// `int 0x82` it takes the ordinary path (and also returns 0).
+    BenchNull = 55,
 }
+
+/// Length of the instruction at a domain's reference `#GP` rip: the hypervisor skips
+/// exactly this many bytes. The guest puts a one-byte privileged instruction there
+/// (`cli`, `0xfa`); `bench_gp_ref(rip)` registers it, `bench_gp_ref(0)` clears it. A `#GP`
+/// at any other rip (or in any other domain) is handled as before: emulated, or
+/// delivered to the guest.
+pub const BENCH_GP_REF_LEN: u64 = 1;
 
 impl HypercallNr {
     /// Every defined number.
-    pub const ALL: [HypercallNr; 23] = [
+    pub const ALL: [HypercallNr; 25] = [
         HypercallNr::SetTrapTable,
         HypercallNr::MmuUpdate,
         HypercallNr::SetGdt,
@@ -96,6 +114,8 @@ impl HypercallNr {
         HypercallNr::Sysctl,
         HypercallNr::Domctl,
         HypercallNr::DomainId,
+        HypercallNr::BenchGpRef,
+        HypercallNr::BenchNull,
     ];
 }
 

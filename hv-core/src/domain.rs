@@ -122,6 +122,10 @@ pub struct Domain {
     pub virt_cpu: crate::emulate::VirtCpu,
     /// Instructions emulated.
     pub emulations: u64,
+    /// Measurement-lab reference: the rip of this domain's reference `#GP` (0: none). The
+    /// arch layer skips a `#GP(0)` there ([`abi::hypercall::BENCH_GP_REF_LEN`] bytes)
+    /// before anything else; set by `bench_gp_ref`.
+    pub bench_gp_rip: u64,
 }
 
 /// What a vCPU is waiting for.

@@ -66,6 +66,13 @@ pub enum Hypercall {
     },
     /// `domain_id()`.
     DomainId,
+    /// `bench_null()`: the lab's reference (the `syscall` stub answers it first).
+    BenchNull,
+    /// `bench_gp_ref(rip)`: the lab's reference `#GP` rip (0 clears). Not yet checked.
+    BenchGpRef {
+        /// Guest rip of a one-byte privileged instruction, or 0.
+        rip: u64,
+    },
     /// `mmu_update(reqs, count, done, foreigndom)`, `count <= MMU_BATCH_MAX`.
     MmuUpdate {
         /// Guest pointer to `count` `MmuUpdate`s.
@@ -197,6 +204,8 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             })
         }
         HypercallNr::DomainId => Ok(Hypercall::DomainId),
+        HypercallNr::BenchNull => Ok(Hypercall::BenchNull),
+        HypercallNr::BenchGpRef => Ok(Hypercall::BenchGpRef { rip: a[0] }),
         HypercallNr::MmuUpdate | HypercallNr::MmuextOp => {
             if a[1] > MMU_BATCH_MAX {
                 return Err(Errno::E2BIG);
@@ -304,6 +313,11 @@ mod tests {
             })
         );
         assert_eq!(decode(48, [0; 5]), Ok(Hypercall::DomainId));
+        assert_eq!(decode(55, [7; 5]), Ok(Hypercall::BenchNull));
+        assert_eq!(
+            decode(54, [0x1234, 0, 0, 0, 0]),
+            Ok(Hypercall::BenchGpRef { rip: 0x1234 })
+        );
     }
 
     #[test]

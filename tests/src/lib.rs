@@ -17,6 +17,7 @@
 //! accelerator is detected).
 
 pub mod accel;
+pub mod bench;
 pub mod qemu;
 pub mod scenario;
 

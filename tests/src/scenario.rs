@@ -39,6 +39,7 @@ pub struct Scenario {
     guests: Vec<String>,
     timeout: Duration,
     icount: bool,
+    accel: Option<Accel>,
     extra: Vec<String>,
     native: Option<String>,
 }
@@ -54,6 +55,7 @@ impl Scenario {
             guests: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             icount: false,
+            accel: None,
             extra: Vec::new(),
             native: None,
         }
@@ -98,6 +100,13 @@ impl Scenario {
         self
     }
 
+    /// This accelerator for this scenario, whatever `PVH_ACCEL` or detection say
+    /// (`icount` still forces TCG). The lab uses it for `--clock tcg|kvm`.
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.accel = Some(accel);
+        self
+    }
+
     /// An extra QEMU argument, appended after the standard ones.
     pub fn qemu_arg(mut self, arg: impl Into<String>) -> Self {
         self.extra.push(arg.into());
@@ -121,6 +130,8 @@ impl Scenario {
 
         let (accel, accel_reason) = if self.icount {
             (Accel::Tcg, "icount requires TCG".to_string())
+        } else if let Some(accel) = self.accel {
+            (accel, "chosen by the scenario".to_string())
         } else {
             scenario_accel()
         };
@@ -164,6 +175,31 @@ impl Scenario {
             elapsed: capture.elapsed,
             log: log_path,
         }
+    }
+}
+
+/// Runs an arbitrary QEMU `command` (e.g. a kernel booted directly, without the
+/// hypervisor) the way [`Scenario::run`] does: no stdin, output captured and logged to
+/// `target/scenario-logs/<name>.log`, killed at `timeout`.
+pub fn run_command(name: &str, command: Command, timeout: Duration) -> Outcome {
+    let command_line = format!("{command:?}");
+    let log_path = log_path(name);
+    let mut log = create_log(&log_path);
+    let _ = writeln!(
+        log,
+        "# scenario: {name}\n# timeout: {timeout:?}\n# command: {command_line}\n"
+    );
+    let capture = run_with_timeout(command, timeout, log)
+        .unwrap_or_else(|e| panic!("scenario {name}: cannot start {}: {e}", qemu::QEMU));
+    Outcome {
+        name: name.to_string(),
+        command: command_line,
+        status: capture.status,
+        timed_out: capture.timed_out,
+        serial: capture.stdout,
+        qemu_stderr: capture.stderr,
+        elapsed: capture.elapsed,
+        log: log_path,
     }
 }
 

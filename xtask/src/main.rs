@@ -1,5 +1,5 @@
 //! `cargo xtask`: the project's single entry point for building, running, testing and
-//! (later) benchmarking the hypervisor.
+//! benchmarking the hypervisor.
 //!
 //! This file owns the command-line interface and the dispatch to one module per command:
 //! [`images`] (`build`), [`run`], [`testing`] (`test`), [`bench`]; [`provision`] installs
@@ -39,8 +39,9 @@ enum Cmd {
     Run(run::RunArgs),
     /// Host tests, then the images, then the QEMU scenario tests.
     Test(AccelArg),
-    /// The measurement lab (not built yet).
-    Bench,
+    /// The measurement lab: microbenchmarks and the classic comparison, written to
+    /// target/bench/ (results.json, results.md, SVG curves).
+    Bench(bench::BenchArgs),
 }
 
 /// `--accel`, shared by the commands that boot QEMU.
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
         Cmd::Build => images::build().map(|_| ExitCode::SUCCESS),
         Cmd::Run(args) => run::run(args),
         Cmd::Test(accel) => testing::test(accel),
-        Cmd::Bench => Ok(bench::bench()),
+        Cmd::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(code) => code,

@@ -69,6 +69,24 @@ pub struct GuestFault {
     pub cr2: u64,
 }
 
+/// Measurement-lab reference (docs/benchmarking.md): whether an exception is the running
+/// domain's reference `#GP`, which the arch layer skips ([`abi::hypercall::BENCH_GP_REF_LEN`]
+/// bytes) and resumes at once, to measure an empty `#GP` round trip. Only a ring-3
+/// `#GP(0)` exactly at the registered rip (`registered != 0`) qualifies; every other
+/// `#GP` (another rip, another domain, a selector error code) takes the ordinary path:
+/// emulation, or delivery to the guest. Skipping is safe for any domain: it is what the
+/// guest could do itself with a jump, and `bench_gp_ref` only accepts rips whose resume
+/// address is a guest address.
+pub const fn is_bench_gp_ref(
+    vector: u64,
+    error_code: u64,
+    from_ring3: bool,
+    rip: u64,
+    registered: u64,
+) -> bool {
+    vector == 13 && error_code == 0 && from_ring3 && registered != 0 && rip == registered
+}
+
 /// What the arch layer must do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
@@ -225,6 +243,13 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// The domain currently running, if any.
     pub fn current(&self) -> Option<&Domain> {
         self.current.and_then(|i| self.domains[i].as_ref())
+    }
+
+    /// Measurement-lab reference: the running domain's reference `#GP` rip (0: none).
+    /// The arch layer mirrors it on every resume and checks it with
+    /// [`is_bench_gp_ref`] before anything else on a `#GP`.
+    pub fn bench_gp_rip(&self) -> u64 {
+        self.current().map_or(0, |d| d.bench_gp_rip)
     }
 
     /// Domain by id (alive or dead).
@@ -449,6 +474,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             weight,
             virt_cpu: crate::emulate::VirtCpu::reset(),
             emulations: 0,
+            bench_gp_rip: 0,
         });
         log(
             &mut self.console,
@@ -650,6 +676,21 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 r
             }
             Hypercall::DomainId => Ok(u64::from(id.0)),
+            // Lab references (docs/benchmarking.md). `syscall` never gets here for
+            // BenchNull (its entry stub answers it); `int 0x82` does.
+            Hypercall::BenchNull => Ok(0),
+            Hypercall::BenchGpRef { rip } => {
+                let end = rip.checked_add(abi::hypercall::BENCH_GP_REF_LEN);
+                // The arch layer resumes at rip + len with iretq: both must be guest
+                // addresses, or a non-canonical resume would fault in ring 0.
+                if rip != 0
+                    && !(abi::layout::is_guest_va(rip) && end.is_some_and(abi::layout::is_guest_va))
+                {
+                    return Err(Errno::EINVAL);
+                }
+                dom.bench_gp_rip = rip;
+                Ok(0)
+            }
             Hypercall::MmuUpdate {
                 reqs,
                 count,

@@ -726,3 +726,55 @@ fn forced_emulation_prefix_runs_cpuid() {
     );
     assert!(t.hv.console.out.contains("d0 crashed: vector 6 (#UD)"));
 }
+
+/// The lab's reference `#GP` rip: per domain, validated, and never a way around the
+/// ordinary `#GP` path for any other rip.
+#[test]
+fn bench_gp_ref_is_per_domain_validated_and_exact() {
+    use abi::hypercall::HypercallNr;
+    let mut t = T::new();
+    let code = t.scratch + 4096;
+    let nr = HypercallNr::BenchGpRef as u64;
+    for bad in [
+        0x0000_7fff_ffff_ffff, // resume address would be non-canonical
+        0x0000_8000_0000_0000, // non-canonical
+        abi::layout::HYPERVISOR_VIRT_START,
+        u64::MAX, // rip + 1 overflows
+    ] {
+        assert_eq!(t.call(nr, [bad, 0, 0, 0, 0]), -22, "{bad:#x}");
+        assert_eq!(t.hv.bench_gp_rip(), 0);
+    }
+    assert_eq!(t.call(nr, [code, 0, 0, 0, 0]), 0);
+    assert_eq!(t.hv.bench_gp_rip(), code);
+    // The arch layer's predicate: exactly that rip, ring 3, #GP(0).
+    assert!(is_bench_gp_ref(13, 0, true, code, code));
+    assert!(!is_bench_gp_ref(13, 0, true, code + 1, code));
+    assert!(!is_bench_gp_ref(13, 0x10, true, code, code));
+    assert!(!is_bench_gp_ref(13, 0, false, code, code));
+    assert!(!is_bench_gp_ref(6, 0, true, code, code));
+    assert!(!is_bench_gp_ref(13, 0, true, 0, 0));
+    // A #GP at another rip still goes through emulation: cli there masks events.
+    let si0 = t.shared_info(DomId(0));
+    t.poke(code + 16, &[0xfb, 0xfa]);
+    t.regs.rip = code + 16;
+    let gp = GuestFault {
+        vector: 13,
+        error_code: 0,
+        cr2: 0,
+    };
+    t.hv.guest_fault(&mut t.regs, gp);
+    assert!(!evtchn::upcall_masked(&t.hv.mem, si0));
+    t.regs.rip = code + 17;
+    t.hv.guest_fault(&mut t.regs, gp);
+    assert!(evtchn::upcall_masked(&t.hv.mem, si0));
+    assert_eq!(t.regs.rip, code + 18);
+    // Another domain does not inherit it; clearing works; the null reference answers 0
+    // on the ordinary path (int 0x82).
+    t.yield_to(DomId(1));
+    assert_eq!(t.hv.bench_gp_rip(), 0);
+    assert_eq!(t.call(HypercallNr::BenchNull as u64, [1, 2, 3, 4, 5]), 0);
+    t.yield_to(DomId(0));
+    assert_eq!(t.hv.bench_gp_rip(), code);
+    assert_eq!(t.call(nr, [0, 0, 0, 0, 0]), 0);
+    assert_eq!(t.hv.bench_gp_rip(), 0);
+}

@@ -6,6 +6,7 @@
 
 mod badptr;
 mod basic;
+mod bench;
 mod clock;
 mod crash;
 mod evtchn;
@@ -65,6 +66,11 @@ pub static PROGRAMS: &[Program] = &[
         name: "nullcall",
         about: "n=N: null hypercall cost via syscall and int 0x82 (rdtsc)",
         run: basic::nullcall,
+    },
+    Program {
+        name: "bench",
+        about: "the measurement lab's figures: part=micro|pair|workload n=N (cargo xtask bench)",
+        run: bench::run,
     },
     Program {
         name: "mmperf",

@@ -6,7 +6,18 @@
 //! and the vector, and `trap_common` pushes the GPRs. Rust gets `&mut TrapFrame`, may
 //! replace its contents (that is a context switch), and `trap_return` pops it and
 //! `iretq`s. `syscall` uses pseudo-vector [`SYSCALL_VECTOR`]; the return is always
-//! `iretq` (no `sysret`: it has the non-canonical-RCX pitfall and we measure it later).
+//! `iretq` (no `sysret`: it has the non-canonical-RCX pitfall), except for the lab's
+//! reference below.
+//!
+//! **Measurement-lab reference** (docs/benchmarking.md): the first two instructions of
+//! `syscall_entry` send hypercall [`abi::HypercallNr::BenchNull`] to `syscall_bench_null`,
+//! which switches to the hypervisor stack, saves and restores all fifteen GPRs as
+//! `trap_common` does, returns 0 and leaves with `sysretq`: an empty handler, the floor
+//! of a hypercall round trip. It returns through the ordinary path instead when `rcx`
+//! (the resume rip) is not canonical, since `sysretq` would then fault in ring 0. Its
+//! last instructions run in ring 0 on the guest's stack (as every `sysretq` path does);
+//! with IF clear only an NMI or #MC could arrive there, and neither is expected on this
+//! platform (both are fatal anywhere in ring 0 today).
 //!
 //! One CPU, so the hypervisor stack and the syscall scratch slot are single globals.
 
@@ -88,6 +99,9 @@ trap_stubs:
     .global syscall_entry
 syscall_entry:
     /* rcx = guest rip, r11 = guest rflags, IF already cleared by SFMASK */
+    cmp ${bench_null}, %rax
+    je syscall_bench_null
+syscall_ordinary:
     mov %rsp, syscall_user_rsp(%rip)
     lea hv_stack_top(%rip), %rsp
     pushq $0x23
@@ -98,6 +112,52 @@ syscall_entry:
     pushq $0
     pushq $0x100
     jmp trap_common
+
+    /* Lab reference: an empty hypercall handler with a full GPR save/restore. */
+syscall_bench_null:
+    mov %rsp, syscall_user_rsp(%rip)
+    lea hv_stack_top(%rip), %rsp
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    mov syscall_user_rsp(%rip), %rsp
+    /* rcx canonical? (bits 63..47 all equal): rax = (rcx >> 47) + 1 must be 0 or 1 */
+    mov %rcx, %rax
+    sar $47, %rax
+    add $1, %rax
+    cmp $1, %rax
+    ja 1f
+    xor %eax, %eax
+    sysretq
+1:  mov ${bench_null}, %eax
+    jmp syscall_ordinary
 
 trap_common:
     push %rax
@@ -143,6 +203,7 @@ enter_frame:
     mov %rdi, %rsp
     jmp trap_return
 "#,
+    bench_null = const abi::HypercallNr::BenchNull as u32,
     options(att_syntax)
 );
 
