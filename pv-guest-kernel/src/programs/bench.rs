@@ -24,8 +24,7 @@
 //!
 //! Command line: `part=micro` (default: the single-domain figures), `part=pair role=main
 //! peer=D` / `part=pair role=partner peer=D` (two guests: event-channel round trip, then
-//! yield to the other domain and back), `part=workload work=cpu|aspace|ptchurn|timer`
-//! (one workload of the classic comparison, `runs=` samples); `n=` samples per figure
+//! yield to the other domain and back), `n=` samples per figure
 //! (default 2000; the lab's `--quick` passes 200).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,11 +33,11 @@ use pv_guest_kernel::abi::hypercall::{HypercallNr, XenVersionCmd};
 use pv_guest_kernel::abi::mm::{MmuUpdate, UVMF_INVLPG};
 use pv_guest_kernel::abi::{DomId, Errno};
 use pv_guest_kernel::hv::{self, Path};
-use pv_guest_kernel::mm::pv::{PvFrames, PvMmu};
-use pv_guest_kernel::mm::{AddressSpace, FrameSource, Mmu};
+use pv_guest_kernel::mm::pv::PvMmu;
+use pv_guest_kernel::mm::Mmu;
 use pv_guest_kernel::traps::{self, ExceptionFrame, Resume};
 use pv_guest_kernel::xtf::{self, Checker};
-use pv_guest_kernel::{events, mem, println, time};
+use pv_guest_kernel::{events, mem, println};
 
 use super::Env;
 
@@ -114,21 +113,21 @@ fn stamp() -> u64 {
     }
     #[cfg(not(target_os = "none"))]
     {
-        time::rdtsc()
+        pv_guest_kernel::time::rdtsc()
     }
 }
 
 /// The measuring loop: the sample buffer, sizes, the overhead, and the verdict.
-struct Lab {
+pub(super) struct Lab {
     samples: &'static mut [u64],
     n: usize,
-    warm: usize,
+    pub(super) warm: usize,
     overhead: u64,
-    c: Checker,
+    pub(super) c: Checker,
 }
 
 impl Lab {
-    fn new(env: &Env) -> Lab {
+    pub(super) fn new(env: &Env) -> Lab {
         let n = env.cmdline.u64_or("n", 2000).clamp(10, MAX_SAMPLES) as usize;
         let Some(samples) = mem::alloc_slice(n, 0u64) else {
             xtf::error("no memory for the samples")
@@ -171,7 +170,7 @@ impl Lab {
     }
 
     /// Measures and prints figure `name` (`n` samples of `batch` operations each).
-    fn figure(
+    pub(super) fn figure(
         &mut self,
         name: &str,
         batch: usize,
@@ -193,7 +192,7 @@ impl Lab {
         }
     }
 
-    fn fail(&mut self, name: &str, why: core::fmt::Arguments<'_>) {
+    pub(super) fn fail(&mut self, name: &str, why: core::fmt::Arguments<'_>) {
         println!("bench: name={name} error={why}");
         self.c.fail(name, why);
     }
@@ -220,7 +219,6 @@ pub fn run(env: &Env) -> ! {
     match env.cmdline.get("part").unwrap_or("micro") {
         "micro" => micro(env),
         "pair" => pair(env),
-        "workload" => workload(env),
         other => xtf::error(format_args!("unknown part={other}")),
     }
 }
@@ -610,122 +608,6 @@ fn pair_main(env: &Env, peer: DomId) -> ! {
     lab.c
         .check_eq("stop the partner", Ok(()), events::send(port));
     lab.c.finish()
-}
-
-// ---------------------------------------------------------------------------------
-// The classic comparison's workloads (PV configuration): each sample is one run.
-
-/// A scratch address below the kernel half, in an L4 slot no one else uses.
-const WORK_VA: u64 = 0x0000_0040_0000_0000;
-
-fn workload(env: &Env) -> ! {
-    let mut lab = Lab::new(env);
-    let runs = env.cmdline.u64_or("runs", 5).clamp(1, 100) as usize;
-    lab.warm = 1;
-    let iters = env.cmdline.u64_or("iters", 2000).clamp(1, 1_000_000);
-    let work = env.cmdline.get("work").unwrap_or("");
-    let name = match work {
-        "cpu" => "workload_cpu",
-        "aspace" => "workload_aspace",
-        "ptchurn" => "workload_ptchurn",
-        "timer" => "workload_timer",
-        other => xtf::error(format_args!("unknown work={other}")),
-    };
-    match work {
-        "cpu" => {
-            let mut x = 0x9e37_79b9_7f4a_7c15u64;
-            lab.figure(name, 1, runs, &mut || {
-                for _ in 0..iters * 1000 {
-                    // xorshift64: integer work the compiler cannot fold away.
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                }
-                core::hint::black_box(x);
-                Ok(())
-            });
-        }
-        "timer" => {
-            lab.figure(name, 1, runs, &mut || {
-                for _ in 0..iters / 10 {
-                    unit(time::sleep(20_000))?;
-                }
-                Ok(())
-            });
-        }
-        "aspace" | "ptchurn" => mm_workload(env, &mut lab, name, runs, iters),
-        _ => unreachable!(),
-    }
-    lab.c.finish()
-}
-
-/// `aspace`: switch between two address spaces, touching a page mapped in each;
-/// `ptchurn`: unmap and map one page, touching it.
-fn mm_workload(env: &Env, lab: &mut Lab, name: &str, runs: usize, iters: u64) {
-    let (Some(mut mmu), Some(mut frames)) = (PvMmu::new(env.si), PvFrames::from_start_info(env.si))
-    else {
-        lab.fail(name, format_args!("no PV MMU or allocator"));
-        return;
-    };
-    let boot = mmu.base();
-    let Some(data) = frames.alloc_frame() else {
-        lab.fail(name, format_args!("out of frames"));
-        return;
-    };
-    let spaces = (
-        AddressSpace::create(&mut mmu, &mut frames, boot),
-        AddressSpace::create(&mut mmu, &mut frames, boot),
-    );
-    let (Ok(mut a), Ok(mut b)) = spaces else {
-        lab.fail(name, format_args!("cannot create the address spaces"));
-        return;
-    };
-    let mapped = a
-        .map(&mut mmu, &mut frames, WORK_VA, data.mfn, true)
-        .and_then(|()| b.map(&mut mmu, &mut frames, WORK_VA, data.mfn, true));
-    if let Err(e) = mapped {
-        lab.fail(name, format_args!("map: {e}"));
-        return;
-    }
-    let touch = || {
-        // SAFETY: WORK_VA maps `data` writable in the current space (A or B).
-        unsafe { core::ptr::write_volatile(WORK_VA as *mut u64, 1) }
-    };
-    // SAFETY: A shares the kernel half; only WORK_VA is used below it.
-    if let Err(e) = unsafe { a.switch_to(&mut mmu) } {
-        lab.fail(name, format_args!("switch: {e}"));
-        return;
-    }
-    if name == "workload_aspace" {
-        lab.figure(name, 1, runs, &mut || {
-            for _ in 0..iters {
-                // SAFETY: as above, for both spaces.
-                unit(unsafe { b.switch_to(&mut mmu) })?;
-                touch();
-                // SAFETY: as above.
-                unit(unsafe { a.switch_to(&mut mmu) })?;
-                touch();
-            }
-            Ok(())
-        });
-    } else {
-        let Some(pte) = mmu.va_pte(WORK_VA) else {
-            lab.fail(name, format_args!("no entry for the page"));
-            return;
-        };
-        lab.figure(name, 1, runs, &mut || {
-            for _ in 0..iters {
-                // SAFETY: WORK_VA is used only here, and mapped again before the touch.
-                unit(unsafe { mmu.set_va_pte(WORK_VA, 0) })?;
-                // SAFETY: as above.
-                unit(unsafe { mmu.set_va_pte(WORK_VA, pte) })?;
-                touch();
-            }
-            Ok(())
-        });
-    }
-    // SAFETY: back to the bootstrap space; nothing below the kernel half is used after.
-    let _ = unsafe { mmu.new_baseptr(boot) };
 }
 
 #[cfg(test)]

@@ -8,21 +8,20 @@
 //! - `switch`: address-space switches between two spaces, touching a page in each;
 //! - `churn`: mapping and unmapping 64 pages and touching each.
 //!
-//! Each repetition is timed with `rdtsc` (under `-icount shift=0` an instruction count);
-//! one line per workload: `bench: name=wl-<kind> unit=cycles n=.. min=.. p10=.. median=..
-//! p90=.. max=.. outliers=0 config=<mode>`.
+//! Each repetition is one sample of the lab's measuring loop ([`Lab`]: serialised
+//! `rdtsc`, one warm-up run, order statistics and outliers), printed as the lab's
+//! `bench: name=wl-<kind> unit=cycles batch=1 n=.. min=.. ...` line.
 
-use pv_guest_kernel::abi::{Mfn, PAGE_SIZE};
+use pv_guest_kernel::abi::{Errno, Mfn, PAGE_SIZE};
 use pv_guest_kernel::mm::pv::PvFrames;
 use pv_guest_kernel::mm::{AddressSpace, FrameSource, Mmu};
 use pv_guest_kernel::platform::{self, PlatformMmu};
 use pv_guest_kernel::println;
-use pv_guest_kernel::time::rdtsc;
-use pv_guest_kernel::xtf::{self, Checker};
+use pv_guest_kernel::xtf;
 
+use super::bench::Lab;
 use super::Env;
 
-const MAX_REPS: usize = 32;
 const USER_VA: u64 = 0x4000_0000;
 const CHURN_VA: u64 = 0x5000_0000;
 const CHURN_PAGES: usize = 64;
@@ -57,47 +56,15 @@ fn compute() -> u64 {
     sum
 }
 
-/// Order statistics of `s` (sorted in place): min, p10, median, p90, max.
-fn stats(s: &mut [u64]) -> [u64; 5] {
-    s.sort_unstable();
-    let at = |q: usize| s[(s.len() - 1) * q / 100];
-    [s[0], at(10), at(50), at(90), s[s.len() - 1]]
-}
-
-fn report(kind: &str, samples: &mut [u64]) {
-    let [min, p10, med, p90, max] = stats(samples);
-    println!(
-        "bench: name=wl-{kind} unit=cycles n={} min={min} p10={p10} median={med} p90={p90} \
-         max={max} outliers=0 config={}",
-        samples.len(),
-        platform::mode().name()
-    );
-}
-
-fn timed(reps: usize, mut f: impl FnMut() -> bool) -> Option<[u64; MAX_REPS]> {
-    let mut s = [0u64; MAX_REPS];
-    for slot in s.iter_mut().take(reps) {
-        let t0 = rdtsc();
-        if !f() {
-            return None;
-        }
-        *slot = rdtsc().wrapping_sub(t0);
-    }
-    Some(s)
-}
-
 /// The program.
 pub fn run(env: &Env) -> ! {
     let si = env.si;
     let kind = env.cmdline.get("kind").unwrap_or("all");
-    let reps = env
-        .cmdline
-        .get_u64("reps")
-        .ok()
-        .flatten()
-        .unwrap_or(5)
-        .clamp(1, MAX_REPS as u64) as usize;
-    let mut c = Checker::new();
+    let reps = env.cmdline.u64_or("reps", 5).clamp(1, 100) as usize;
+    // The lab takes its sample buffer from scratch memory first; the page allocator
+    // takes the rest.
+    let mut lab = Lab::new(env);
+    lab.warm = 1;
     let (Some(mut mmu), Some(mut frames)) = (platform::mmu(si), PvFrames::from_start_info(si))
     else {
         xtf::error("no MMU or page allocator");
@@ -111,99 +78,108 @@ pub fn run(env: &Env) -> ! {
     let all = kind == "all";
     if all || kind == "cpu" {
         let _ = platform::set_tick(false);
-        let s = timed(reps, || compute() != 0);
-        c.check("cpu", s.is_some());
-        if let Some(mut s) = s {
-            report("cpu", &mut s[..reps]);
-        }
+        lab.figure("wl-cpu", 1, reps, &mut || {
+            core::hint::black_box(compute());
+            Ok(())
+        });
     }
     if all || kind == "timer" {
-        let ok = platform::set_tick(true).is_ok();
+        let on = platform::set_tick(true);
         let t0 = platform::timer_interrupts();
-        let s = timed(reps, || compute() != 0);
+        lab.figure("wl-timer", 1, reps, &mut || {
+            core::hint::black_box(compute());
+            Ok(())
+        });
         let ticks = platform::timer_interrupts() - t0;
         let _ = platform::set_tick(false);
-        c.check("timer: ticks arrived during the compute", ok && ticks > 0);
-        if let Some(mut s) = s {
-            println!("workload: timer: {ticks} ticks");
-            report("timer", &mut s[..reps]);
-        }
+        println!("workload: timer: {ticks} ticks");
+        lab.c.check(
+            "timer: ticks arrived during the compute",
+            on.is_ok() && ticks > 0,
+        );
     }
     if all || kind == "switch" {
-        let r = switch(&mut mmu, &mut frames, reps);
-        c.check("switch", r.is_some());
-        if let Some(mut s) = r {
-            report("switch", &mut s[..reps]);
-        }
+        switch(&mut lab, &mut mmu, &mut frames, reps);
     }
     if all || kind == "churn" {
-        let r = churn(&mut mmu, &mut frames, reps);
-        c.check("churn", r.is_some());
-        if let Some(mut s) = r {
-            report("churn", &mut s[..reps]);
-        }
+        churn(&mut lab, &mut mmu, &mut frames, reps);
     }
-    c.finish()
+    lab.c.finish()
 }
 
 /// Two address spaces with a page each; switch between them, reading each page.
-fn switch(mmu: &mut PlatformMmu, frames: &mut PvFrames, reps: usize) -> Option<[u64; MAX_REPS]> {
+fn switch(lab: &mut Lab, mmu: &mut PlatformMmu, frames: &mut PvFrames, reps: usize) {
     let boot = mmu.base();
-    let mut spaces = [
-        AddressSpace::create(mmu, frames, boot).ok()?,
-        AddressSpace::create(mmu, frames, boot).ok()?,
-    ];
-    let pages = [frames.alloc_frame()?, frames.alloc_frame()?];
+    let (Ok(a), Ok(b)) = (
+        AddressSpace::create(mmu, frames, boot),
+        AddressSpace::create(mmu, frames, boot),
+    ) else {
+        return lab.fail(
+            "wl-switch",
+            format_args!("cannot create the address spaces"),
+        );
+    };
+    let mut spaces = [a, b];
+    let (Some(p), Some(q)) = (frames.alloc_frame(), frames.alloc_frame()) else {
+        return lab.fail("wl-switch", format_args!("out of frames"));
+    };
+    let pages = [p, q];
     for (i, (sp, pg)) in spaces.iter_mut().zip(pages.iter()).enumerate() {
         // SAFETY: a fresh frame, mapped writable at its start-of-day address.
         unsafe { (pg.va as *mut u64).write_volatile(i as u64 + 1) };
-        sp.map(mmu, frames, USER_VA, pg.mfn, false).ok()?;
+        if let Err(e) = sp.map(mmu, frames, USER_VA, pg.mfn, false) {
+            return lab.fail("wl-switch", format_args!("map: {e}"));
+        }
     }
-    let mut ok = true;
-    let s = timed(reps, || {
+    lab.figure("wl-switch", 1, reps, &mut || {
         for _ in 0..SWITCHES {
             for (i, sp) in spaces.iter().enumerate() {
                 // SAFETY: the code, stack and data used here are in the shared kernel
                 // slots; USER_VA is only read while its space is current.
-                if unsafe { sp.switch_to(mmu) }.is_err() {
-                    return false;
-                }
+                unsafe { sp.switch_to(mmu) }.map_err(Errno::to_ret)?;
                 // SAFETY: mapped read-only in the current space just above.
-                ok &= unsafe { (USER_VA as *const u64).read_volatile() } == i as u64 + 1;
+                if unsafe { (USER_VA as *const u64).read_volatile() } != i as u64 + 1 {
+                    return Err(Errno::EIO.to_ret());
+                }
             }
         }
-        true
+        Ok(())
     });
     // SAFETY: back to the boot tables, which map the kernel as the spaces do.
-    unsafe { mmu.new_baseptr(boot) }.ok()?;
+    let back = unsafe { mmu.new_baseptr(boot) };
+    lab.c
+        .check_eq("switch: back to the boot tables", back, Ok(()));
     for sp in spaces {
         // SAFETY: not current any more.
-        unsafe { sp.destroy(mmu, frames) }.ok()?;
+        let r = unsafe { sp.destroy(mmu, frames) };
+        lab.c.check_eq("switch: destroy a space", r, Ok(()));
     }
     for pg in pages {
         frames.free_frame(pg);
     }
-    s.filter(|_| ok)
 }
 
 /// In one extra space (current while measuring): map 64 pages, touch each, unmap.
-fn churn(mmu: &mut PlatformMmu, frames: &mut PvFrames, reps: usize) -> Option<[u64; MAX_REPS]> {
+fn churn(lab: &mut Lab, mmu: &mut PlatformMmu, frames: &mut PvFrames, reps: usize) {
     let boot = mmu.base();
-    let mut space = AddressSpace::create(mmu, frames, boot).ok()?;
+    let Ok(mut space) = AddressSpace::create(mmu, frames, boot) else {
+        return lab.fail("wl-churn", format_args!("cannot create the address space"));
+    };
     // SAFETY: nothing relies on the boot space's own slots (there are none).
-    unsafe { space.switch_to(mmu) }.ok()?;
+    if let Err(e) = unsafe { space.switch_to(mmu) } {
+        return lab.fail("wl-churn", format_args!("switch: {e}"));
+    }
     let mut got = [None; CHURN_PAGES];
     for g in got.iter_mut() {
         *g = frames.alloc_frame();
     }
     let mfns: [Mfn; CHURN_PAGES] = core::array::from_fn(|i| got[i].map_or(Mfn(0), |f| f.mfn));
-    let ok = got.iter().all(Option::is_some);
-    let s = ok.then(|| {
-        timed(reps, || {
+    if got.iter().all(Option::is_some) {
+        lab.figure("wl-churn", 1, reps, &mut || {
             for _ in 0..CHURN_ROUNDS {
-                if space.map_range(mmu, frames, CHURN_VA, &mfns, true).is_err() {
-                    return false;
-                }
+                space
+                    .map_range(mmu, frames, CHURN_VA, &mfns, true)
+                    .map_err(Errno::to_ret)?;
                 for i in 0..CHURN_PAGES as u64 {
                     // SAFETY: mapped writable just above, in the current space.
                     unsafe { ((CHURN_VA + i * PAGE_SIZE as u64) as *mut u64).write_volatile(i) };
@@ -211,18 +187,22 @@ fn churn(mmu: &mut PlatformMmu, frames: &mut PvFrames, reps: usize) -> Option<[u
                 // SAFETY: nothing relies on the mappings any more.
                 let n = unsafe { space.unmap_range(mmu, frames, CHURN_VA, CHURN_PAGES as u64) };
                 if n != Ok(CHURN_PAGES as u64) {
-                    return false;
+                    return Err(Errno::EIO.to_ret());
                 }
             }
-            true
-        })
-    });
+            Ok(())
+        });
+    } else {
+        lab.fail("wl-churn", format_args!("out of frames"));
+    }
     // SAFETY: back to the boot tables.
-    unsafe { mmu.new_baseptr(boot) }.ok()?;
+    let back = unsafe { mmu.new_baseptr(boot) };
+    lab.c
+        .check_eq("churn: back to the boot tables", back, Ok(()));
     // SAFETY: not current any more.
-    unsafe { space.destroy(mmu, frames) }.ok()?;
+    let r = unsafe { space.destroy(mmu, frames) };
+    lab.c.check_eq("churn: destroy the space", r, Ok(()));
     for f in got.into_iter().flatten() {
         frames.free_frame(f);
     }
-    s.flatten()
 }
