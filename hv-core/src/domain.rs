@@ -122,6 +122,10 @@ pub struct Domain {
     pub virt_cpu: crate::emulate::VirtCpu,
     /// Instructions emulated.
     pub emulations: u64,
+    /// Virtual PIC (unprivileged domains program it through emulated port I/O).
+    pub vpic: crate::vpic::Vpic,
+    /// Virtual PIT; its channel-0 deadline is a per-vCPU timer.
+    pub vpit: crate::vpit::Vpit,
 }
 
 /// What a vCPU is waiting for.
