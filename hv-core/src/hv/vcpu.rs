@@ -1,5 +1,7 @@
-//! The virtual CPU: trap table, event upcalls, `iret`, time, timers, block/poll, and the
-//! scheduling decision taken on every exit to a guest.
+//! The virtual CPU: trap table, event upcalls, `iret`, time, timers (`set_timer_op`'s
+//! one-shot and the virtual PIT's channel-0 edge), block/poll, and the scheduling
+//! decision taken on every exit to a guest (which also delivers virtual-PIC interrupts
+//! to a vCPU in native delivery, `native.rs`).
 
 use super::{log, Hypervisor, Next};
 use crate::console::ConsoleSink;
