@@ -746,3 +746,88 @@ fn wp_clear_stores_into_untyped_own_frames_but_nothing_else() {
         Some(0x1111_2222_0000_abcd)
     );
 }
+
+#[test]
+fn a_1khz_guest_tick_survives_a_cpu_bound_neighbour() {
+    let mut t = T::new();
+    // d0 sleeps for good; d2 never blocks (a CPU hog); d1 is a native kernel whose idle
+    // loop is `sti; hlt` and whose IRQ 0 handler EOIs and halts again.
+    let si0 = t.shared_info(DomId(0));
+    t.hv.mem.write(si0.maddr(), &[0, 1]);
+    t.call(29, [1, 0, 0, 0, 0]);
+    t.yield_to(DomId(1));
+    t.go_native();
+    init_pic(&mut t);
+    let t0 = 1_000_000;
+    t.hv.set_now(t0);
+    t.out8(0x43, 0x34);
+    t.out8(0x40, (1193 & 0xff) as u8);
+    t.out8(0x40, (1193 >> 8) as u8);
+    let mut next = t.exec(&[0xfb, 0xf4]);
+    assert_eq!(t.cur(), DomId(2), "d1 halted, the hog runs");
+    let (mut ticks, mut now) = (0u32, t0);
+    while now < t0 + 100_000_000 {
+        let (Next::Run {
+            deadline: Some(d), ..
+        }
+        | Next::Idle { deadline: Some(d) }) = next
+        else {
+            panic!("no deadline: {next:?}");
+        };
+        assert!(d > now, "time moves on");
+        now = d;
+        t.hv.set_now(now);
+        next = t.hv.tick(&mut t.regs);
+        if t.cur() == DomId(1) {
+            assert_eq!(t.regs.rip, h(0x20), "woken only by its tick");
+            ticks += 1;
+            t.fresh_stack();
+            t.out8(0x20, 0x20);
+            next = t.exec(&[0xfb, 0xf4]);
+        }
+    }
+    // Edges at k * 999.848 us: k = 1..=100 fall before 100 ms, and the loop handles the
+    // first deadline after that too. Not one tick lost to the hog.
+    assert_eq!(ticks, 101);
+    assert!(
+        t.hv.cpu_time(DomId(2)) > 90_000_000,
+        "the hog still gets the CPU"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Garbage in the virtual IDT, any limit, any vector: delivery lands on a canonical
+    /// handler with a frame on the stack, or the domain is crashed; never a panic, and the
+    /// other domains are untouched.
+    #[test]
+    fn garbage_virtual_idts_never_hurt_the_hypervisor(
+        idt in proptest::collection::vec(proptest::prelude::any::<u8>(), 4096),
+        limit in proptest::prelude::any::<u16>(),
+        vector in 0u8..20,
+        error in proptest::prelude::any::<u64>(),
+    ) {
+        let mut t = T::new();
+        t.yield_to(DomId(1));
+        let base = t.at(IDT);
+        t.poke(base, &idt);
+        t.lidt(base, limit);
+        t.fresh_stack();
+        let rsp = t.regs.rsp;
+        t.fault(vector, error, 0x1000);
+        match t.state(DomId(1)) {
+            DomainState::Runnable => {
+                proptest::prop_assert_eq!(t.cur(), DomId(1));
+                proptest::prop_assert!(abi::layout::is_canonical(t.regs.rip));
+                proptest::prop_assert!(t.regs.rsp < rsp);
+            }
+            DomainState::Dead(how) => {
+                proptest::prop_assert!(
+                    matches!(how, Ending::Killed { .. }),
+                    "{how:?}"
+                );
+            }
+        }
+        proptest::prop_assert_eq!(t.state(DomId(2)), DomainState::Runnable);
+    }
+}
