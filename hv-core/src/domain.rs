@@ -126,6 +126,10 @@ pub struct Domain {
     /// arch layer skips a `#GP(0)` there ([`abi::hypercall::BENCH_GP_REF_LEN`] bytes)
     /// before anything else; set by `bench_gp_ref`.
     pub bench_gp_rip: u64,
+    /// Virtual PIC (unprivileged domains program it through emulated port I/O).
+    pub vpic: crate::vpic::Vpic,
+    /// Virtual PIT; its channel-0 deadline is a per-vCPU timer.
+    pub vpit: crate::vpit::Vpit,
 }
 
 /// What a vCPU is waiting for.

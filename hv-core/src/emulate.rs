@@ -68,7 +68,7 @@
 //! | `out imm8, al/ax/eax` | `E6 ib`, `[66] E7 ib` | `io_out(imm8, 1/2/4, al/ax/eax)` |
 //! | `out dx, al/ax/eax` | `EE`, `[66] EF` | same, port `dx` |
 //! | `mov r64, cr0` | `0F 20 /0` | virtual CR0 ([`VirtCpu::cr0`]) |
-//! | `mov cr0, r64` | `0F 22 /0` | only `CR0.TS` may change (virtual: the caller applies it to lazy FPU switching when it has FPU state); any other difference: `#GP(0)` |
+//! | `mov cr0, r64` | `0F 22 /0` | only the [`CR0_GUEST_WRITABLE`] bits may change: `CR0.TS` (virtual: the caller applies it to lazy FPU switching when it has FPU state) and `CR0.WP` (virtual: with WP clear the hypervisor emulates the guest's stores through read-only mappings of its own page tables at every level and of its own untyped frames, as ring 0 on bare metal ignores read-only PTEs; see `hv::ptwr`); any other difference: `#GP(0)` |
 //! | `mov r64, cr2` / `mov cr2, r64` | `0F 20 /2`, `0F 22 /2` | the virtual CR2 ([`VirtCpu::cr2`]; the caller keeps it in step with `vcpu_info.cr2` when it delivers a `#PF`) |
 //! | `mov r64, cr3` | `0F 20 /3` | [`Env::read_cr3`] (the guest-visible base pointer) |
 //! | `mov cr3, r64` | `0F 22 /3` | [`Env::write_cr3`]: the hypervisor validates and switches (a new-base-pointer operation, including its TLB flush); its fault is injected |
@@ -76,7 +76,7 @@
 //! | `mov cr4, r64` | `0F 22 /4` | only the bits in [`CR4_GUEST_WRITABLE`] (PGE, OSFXSR, OSXMMEXCPT) may change, anything else (clearing PAE, setting VME/TSD/PCIDE/OSXSAVE/SMEP/..., reserved bits) is `#GP(0)`. A PGE change flushes everything: `flush_tlb(None)`. The bits are virtual: see below |
 //! | `clts` | `0F 06` | clears virtual `CR0.TS` |
 //! | `rdmsr` / `wrmsr` | `0F 32`, `0F 30` | `ecx` = MSR, value in `edx:eax` (a read zero-extends both into `rax`/`rdx`); the virtual MSR set below, anything else `#GP(0)` |
-//! | `lgdt m` / `lidt m` | `0F 01 /2`, `0F 01 /3` | reads the 10-byte operand (limit u16, base u64; a `66` prefix changes nothing in 64-bit mode) with [`Env::read_mem`] (its fault, normally `#PF`, is injected); a non-canonical base is `#GP(0)`; stored in [`VirtCpu::gdtr`]/[`VirtCpu::idtr`] only |
+//! | `lgdt m` / `lidt m` | `0F 01 /2`, `0F 01 /3` | reads the 10-byte operand (limit u16, base u64; a `66` prefix changes nothing in 64-bit mode) with [`Env::read_mem`] (its fault, normally `#PF`, is injected); a non-canonical base is `#GP(0)`; stored in [`VirtCpu::gdtr`]/[`VirtCpu::idtr`] only; `lidt` also sets [`VirtCpu::idt_loaded`] (the hypervisor then delivers through that virtual IDT if the guest registered no trap table) |
 //! | `ltr r/m16` | `0F 00 /3` | [`VirtCpu::tr`] := selector (register: low 16 bits; memory: 2 bytes via `read_mem`). Null selector: `#GP(0)`; TI=1 (LDT): `#GP(sel & 0xfffc)` |
 //! | `lldt r/m16` | `0F 00 /2` | [`VirtCpu::ldtr`] := selector; null allowed (no LDT); TI=1: `#GP(sel & 0xfffc)` |
 //! | `invlpg m` | `0F 01 /7` | `flush_tlb(Some(ea))`; a non-canonical `ea` is a no-op (as on hardware) |
@@ -84,15 +84,17 @@
 //! | `cpuid` | `0F A2` | [`cpuid_policy`] into `eax`/`ebx`/`ecx`/`edx` (zero-extended). Reached through [`emulate_forced`]; on `#GP` only if the hypervisor turns on CPUID faulting |
 //! | `rdtsc` / `rdtscp` | `0F 31`, `0F 01 F9` | `edx:eax` := [`Env::rdtsc`] (`rdtscp`: `ecx` := [`VirtCpu::tsc_aux`]). Never traps today (the hypervisor leaves `CR4.TSD` clear); here so that setting TSD to virtualise the TSC needs no decoder change |
 //!
-//! No descriptor is read for `ltr`/`lldt`/`lgdt`/`lidt`: the virtual GDTR/IDTR/TR/LDTR
-//! are bookkeeping only, nothing the CPU uses. The real GDT/IDT/TSS are the
+//! No descriptor is read for `ltr`/`lldt`/`lgdt`/`lidt`: the virtual GDTR/TR/LDTR are
+//! bookkeeping only, nothing the CPU uses; the virtual IDTR is read by the hypervisor's
+//! native delivery (`hv::native`), never by the CPU. The real GDT/IDT/TSS are the
 //! hypervisor's (PV guests register exception handlers with `set_trap_table`, later
 //! descriptors with a `set_gdt`-style hypercall), and a guest reading them back with
 //! `sgdt`/`sidt`/`str`/`sldt` gets the real values (see below).
 //!
 //! ## Virtual CR0/CR4 bits
 //!
-//! [`VirtCpu::reset`] gives what the hypervisor really runs with: CR0 = PE|MP|ET|NE|WP|PG,
+//! [`VirtCpu::reset`] gives what the hypervisor really runs with: CR0 = PE|MP|ET|NE|WP|PG
+//! (WP is then the only virtual bit with an effect beyond `mov r64, cr0`: see above),
 //! CR4 = PAE (the hypervisor does not enable PGE), EFER = SCE|LME|LMA|NXE. The writable
 //! CR4 bits are recorded, not applied to the real CR4: `PGE` only changes whether the
 //! guest's `G` bits *would* be honoured (a toggle still flushes, as architected), and
@@ -184,6 +186,8 @@ pub const CR0_NE: u64 = 1 << 5;
 pub const CR0_WP: u64 = 1 << 16;
 /// CR0.PG: paging.
 pub const CR0_PG: u64 = 1 << 31;
+/// The CR0 bits a guest may change with `mov cr0`; any other change is `#GP(0)`.
+pub const CR0_GUEST_WRITABLE: u64 = CR0_TS | CR0_WP;
 
 /// CR4.PAE: physical address extension (required in long mode).
 pub const CR4_PAE: u64 = 1 << 5;
@@ -273,7 +277,7 @@ pub struct DescTable {
 /// write instead of the real registers, which belong to the hypervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtCpu {
-    /// Virtual CR0; only `TS` ever changes.
+    /// Virtual CR0; only the [`CR0_GUEST_WRITABLE`] bits (`TS`, `WP`) ever change.
     pub cr0: u64,
     /// Virtual CR2 (the last page-fault address the guest was told about).
     pub cr2: u64,
@@ -283,6 +287,10 @@ pub struct VirtCpu {
     pub gdtr: DescTable,
     /// Virtual IDTR (from `lidt`).
     pub idtr: DescTable,
+    /// The guest has executed `lidt` (its IDTR is no longer the reset value). With no
+    /// trap table registered, exceptions and virtual interrupts are then delivered
+    /// through the virtual IDT (`hv::native`).
+    pub idt_loaded: bool,
     /// Virtual task register selector (from `ltr`).
     pub tr: u16,
     /// Virtual LDTR selector (from `lldt`).
@@ -319,6 +327,7 @@ impl VirtCpu {
                 base: 0,
                 limit: 0xffff,
             },
+            idt_loaded: false,
             tr: 0,
             ldtr: 0,
             efer: EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE,
@@ -619,7 +628,7 @@ fn execute<E: Env + ?Sized>(
             let value = gpr_value(regs, insn.op1_register()).ok_or(Fault::Gp(0))?;
             match insn.op0_register() {
                 Register::CR0 => {
-                    if (value ^ cpu.cr0) & !CR0_TS != 0 {
+                    if (value ^ cpu.cr0) & !CR0_GUEST_WRITABLE != 0 {
                         return Err(Fault::Gp(0));
                     }
                     cpu.cr0 = value;
@@ -667,6 +676,7 @@ fn execute<E: Env + ?Sized>(
                 cpu.gdtr = table;
             } else {
                 cpu.idtr = table;
+                cpu.idt_loaded = true;
             }
         }
         Code::Ltr_rm16 | Code::Ltr_r32m16 | Code::Ltr_r64m16 => {
@@ -1499,11 +1509,63 @@ mod tests {
                 &[],
             ),
             ok("clts (TS already clear)", &[0x0f, 0x06], 2, none, same, &[]),
+            ok(
+                "mov cr0, rax (clear WP: virtual, no call)",
+                &[0x0f, 0x22, 0xc0],
+                3,
+                |r, c, _| r.rax = c.cr0 & !CR0_WP,
+                |_, c| c.cr0 &= !CR0_WP,
+                &[],
+            ),
+            ok(
+                "mov cr0, r11 (set WP again)",
+                &[0x41, 0x0f, 0x22, 0xc3],
+                4,
+                |r, c, _| {
+                    c.cr0 &= !CR0_WP;
+                    r.r11 = c.cr0 | CR0_WP;
+                },
+                |_, c| c.cr0 |= CR0_WP,
+                &[],
+            ),
+            ok(
+                "mov cr0, rax (clear WP and set TS together)",
+                &[0x0f, 0x22, 0xc0],
+                3,
+                |r, c, _| r.rax = (c.cr0 & !CR0_WP) | CR0_TS,
+                |_, c| c.cr0 = (c.cr0 & !CR0_WP) | CR0_TS,
+                &[],
+            ),
+            ok(
+                "mov rax, cr0 (WP clear reads back clear)",
+                &[0x0f, 0x20, 0xc0],
+                3,
+                |_, c, _| c.cr0 &= !CR0_WP,
+                |r, c| r.rax = c.cr0,
+                &[],
+            ),
             fault(
-                "mov cr0, rax (clear WP)",
+                "mov cr0, rax (clear WP and PE)",
                 &[0x0f, 0x22, 0xc0],
                 Fault::Gp(0),
-                |r, c, _| r.rax = c.cr0 & !CR0_WP,
+                |r, c, _| r.rax = c.cr0 & !(CR0_WP | CR0_PE),
+                &[],
+            ),
+            fault(
+                "mov cr0, rax (clear WP, set CD)",
+                &[0x0f, 0x22, 0xc0],
+                Fault::Gp(0),
+                |r, c, _| r.rax = (c.cr0 & !CR0_WP) | 1 << 30,
+                &[],
+            ),
+            fault(
+                "mov cr0, rax (set AM with WP clear)",
+                &[0x0f, 0x22, 0xc0],
+                Fault::Gp(0),
+                |r, c, _| {
+                    c.cr0 &= !CR0_WP;
+                    r.rax = c.cr0 | 1 << 18;
+                },
                 &[],
             ),
             fault(
@@ -1932,7 +1994,8 @@ mod tests {
                     c.idtr = DescTable {
                         base: 0xffff_ffff_8020_0000,
                         limit: 0xff,
-                    }
+                    };
+                    c.idt_loaded = true;
                 },
                 &[ReadMem(RIP + 7 + 0x100, 10)],
             ),
@@ -1961,7 +2024,8 @@ mod tests {
                     c.idtr = DescTable {
                         base: 0x1000,
                         limit: 0xfff,
-                    }
+                    };
+                    c.idt_loaded = true;
                 },
                 &[ReadMem(MEM + 8, 10)],
             ),
@@ -2549,6 +2613,8 @@ mod tests {
         assert_eq!(c.pat, 0x0007_0406_0007_0406);
         assert_eq!(VirtCpu::default(), c);
         assert_eq!(CR4_GUEST_WRITABLE & CR4_PAE, 0);
+        assert_eq!(CR0_GUEST_WRITABLE, CR0_TS | CR0_WP);
+        assert!(!c.idt_loaded, "no lidt yet");
         let v = env!("CARGO_PKG_VERSION");
         let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap());
         let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());

@@ -21,10 +21,12 @@
 //! | [`hv`] | the hypervisor proper: hypercall execution, faults, scheduling, shutdown |
 //! | [`sched`] | scheduling policy: weighted credit scheduler for one CPU, which vCPU runs next and until when |
 //! | [`console`] | per-domain line buffering and `[dN]` prefixes on the shared console |
-//! | [`traps`] | virtual exceptions: bounce frames on the guest stack, `iret` |
+//! | [`traps`] | virtual exceptions: Xen bounce frames on the guest stack, `iret`; virtual-IDT gates and hardware-format frames for native delivery |
 //! | [`time`] | TSC -> system time, the pvclock scale published to guests |
 //! | [`pod`] | the single place ABI structs are viewed as bytes |
 //! | [`ptwr_decode`] | decoding the guest store that faulted on a read-only page-table page |
+//! | [`vpic`] | the virtual 8259 PIC pair an unprivileged native kernel programs |
+//! | [`vpit`] | the virtual 8254 PIT (channel 0 drives virtual IRQ 0) |
 //! | [`emulate`] | trap-and-emulate: privileged instructions (`#GP`) and the forced-emulation `cpuid` (`#UD`) against the virtual CPU |
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -48,6 +50,8 @@ pub mod ptwr_decode;
 pub mod sched;
 pub mod time;
 pub mod traps;
+pub mod vpic;
+pub mod vpit;
 
 #[cfg(target_os = "none")]
 pub mod arch;

@@ -1,7 +1,9 @@
 //! Decoding the guest store that hit a write-protected page-table page ("ptwr").
 //!
 //! A PV guest updates its own L1 page tables with ordinary stores through a read-only
-//! mapping (Xen's *writable page tables*). The store faults (`#PF`, write, user); the
+//! mapping (Xen's *writable page tables*); a native kernel running trapped with its
+//! virtual CR0.WP clear does the same for tables of every level and for its own untyped
+//! frames (`hv::ptwr` decides which frames qualify; this module only decodes). The store faults (`#PF`, write, user); the
 //! hypervisor fetches up to 15 instruction bytes at the guest's `rip`, and this module
 //! works out, purely, what the guest wanted to write: how many bytes, which value, and
 //! whether it is a plain store, an exchange or a compare-exchange. It computes no

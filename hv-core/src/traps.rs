@@ -1,8 +1,17 @@
-//! Virtual exceptions: bounce frames on the guest stack and the `iret` that undoes them.
+//! Virtual exceptions, two ways:
 //!
-//! Layout and semantics are documented for guests in [`abi::vcpu`]. Everything is written
-//! and read through [`GuestMem`], so a guest with a bad stack gets an error (and is
-//! crashed by the caller), never a hypervisor fault.
+//! - **Xen-style** (a guest that registered a trap table): bounce frames on the guest
+//!   stack ([`bounce`]) and the `iret` hypercall that undoes them ([`iret`]); layout and
+//!   semantics are documented for guests in [`abi::vcpu`].
+//! - **Native** (a guest that loaded a virtual IDT with `lidt` and registered no trap
+//!   table): the 16-byte gate is read from the virtual IDT ([`read_gate`]) and a
+//!   hardware-format frame is pushed ([`push_hw_frame`]), exactly what the CPU pushes for
+//!   an exception or interrupt without a privilege change; the guest returns with its
+//!   own `iretq` (ring 3 to ring 3 needs no hypervisor).
+//!
+//! Everything is written and read through [`GuestMem`], so a guest with a bad stack or
+//! IDT gets an error (and is crashed or sent a fault by the caller), never a hypervisor
+//! fault.
 
 use crate::domain::VcpuRegs;
 use crate::guest_mem::GuestMem;
@@ -80,6 +89,119 @@ pub fn iret<M: MachineMemory>(
     regs.rflags = f.rflags;
     regs.rsp = f.rsp;
     Ok(f.rflags & RFLAGS_IF == 0)
+}
+
+/// RFLAGS bits the CPU clears when it delivers through an IDT gate (TF, NT, RF; IF is
+/// the *virtual* IF, handled by the caller).
+pub const GATE_CLEARED_FLAGS: u64 = (1 << 8) | (1 << 14) | (1 << 16);
+
+/// A usable 64-bit IDT gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// Handler address (canonical).
+    pub target: u64,
+    /// Trap gate (type 0xF: IF unchanged) rather than interrupt gate (0xE: IF cleared).
+    pub trap: bool,
+}
+
+/// Why a gate cannot be used; the CPU raises `#GP(vector * 8 + 2)` for each (a
+/// not-present gate is `#NP` on hardware; reported as `#GP` here, see `hv::native`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateError {
+    /// `16 * vector + 15` is beyond the IDT limit.
+    BeyondLimit,
+    /// The gate's 16 bytes cannot be read through the guest's page tables.
+    Unreadable,
+    /// P bit clear.
+    NotPresent,
+    /// Type other than 0xE (interrupt gate) or 0xF (trap gate).
+    BadType,
+    /// Target offset not canonical.
+    NonCanonical,
+}
+
+impl GateError {
+    /// Short description for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GateError::BeyondLimit => "beyond the IDT limit",
+            GateError::Unreadable => "IDT not readable",
+            GateError::NotPresent => "gate not present",
+            GateError::BadType => "not an interrupt or trap gate",
+            GateError::NonCanonical => "non-canonical handler",
+        }
+    }
+}
+
+/// Reads and checks the gate for `vector` in the virtual IDT at `base`/`limit` (from
+/// `lidt`). The selector, IST and DPL fields are ignored: there is no privilege change
+/// and no stack switch, and the frame always carries the guest's real selectors.
+pub fn read_gate<M: MachineMemory>(
+    gm: &mut GuestMem<'_, M>,
+    base: u64,
+    limit: u16,
+    vector: u8,
+) -> Result<Gate, GateError> {
+    let off = 16 * u64::from(vector);
+    if off + 15 > u64::from(limit) {
+        return Err(GateError::BeyondLimit);
+    }
+    let mut g = [0u8; 16];
+    gm.read(base.wrapping_add(off), &mut g)
+        .map_err(|_| GateError::Unreadable)?;
+    let attr = g[5];
+    if attr & 0x80 == 0 {
+        return Err(GateError::NotPresent);
+    }
+    let trap = match attr & 0xf {
+        0xe => false,
+        0xf => true,
+        _ => return Err(GateError::BadType),
+    };
+    let target = u64::from(u16::from_le_bytes([g[0], g[1]]))
+        | u64::from(u16::from_le_bytes([g[6], g[7]])) << 16
+        | u64::from(u32::from_le_bytes([g[8], g[9], g[10], g[11]])) << 32;
+    if !abi::layout::is_canonical(target) {
+        return Err(GateError::NonCanonical);
+    }
+    Ok(Gate { target, trap })
+}
+
+/// Pushes the hardware frame of an exception or interrupt taken without a privilege
+/// change and redirects `regs` to `target`: the stack pointer is aligned down to 16,
+/// then SS, RSP, RFLAGS, CS, RIP and the error code (if any) are pushed, as the CPU does
+/// in 64-bit mode. CS/SS are the guest's real selectors ([`FLAT_USER_CS`]/
+/// [`FLAT_USER_SS`]); RFLAGS.IF in the image is `virtual_if`. TF, NT and RF are cleared
+/// for the handler (the caller clears the virtual IF for an interrupt gate). No red zone
+/// is skipped: hardware does not know about one. On error `regs` is unchanged.
+pub fn push_hw_frame<M: MachineMemory>(
+    gm: &mut GuestMem<'_, M>,
+    regs: &mut VcpuRegs,
+    target: u64,
+    error_code: Option<u64>,
+    virtual_if: bool,
+) -> Result<(), Errno> {
+    let top = regs.rsp & !15;
+    let rflags = (regs.rflags & !RFLAGS_IF) | if virtual_if { RFLAGS_IF } else { 0 };
+    let mut words = [0u64; 6];
+    let mut n = 0;
+    for w in error_code
+        .into_iter()
+        .chain([regs.rip, FLAT_USER_CS, rflags, regs.rsp, FLAT_USER_SS])
+    {
+        words[n] = w;
+        n += 1;
+    }
+    let sp = top.checked_sub(8 * n as u64).ok_or(Errno::EFAULT)?;
+    let mut bytes = [0u8; 48];
+    for (i, w) in words[..n].iter().enumerate() {
+        bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    gm.write(sp, &bytes[..8 * n])?;
+    regs.rsp = sp;
+    regs.rip = target;
+    regs.rflags &= !GATE_CLEARED_FLAGS;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,5 +344,117 @@ mod tests {
         let mut cs = [0u8; 8];
         gm.read(r.rsp + 24, &mut cs).unwrap();
         assert_eq!(u64::from_le_bytes(cs) >> 32, 1);
+    }
+
+    /// A 64-bit gate: `target`, selector 0x10, attribute byte `attr`.
+    fn gate(target: u64, attr: u8) -> [u8; 16] {
+        let mut g = [0u8; 16];
+        g[0..2].copy_from_slice(&(target as u16).to_le_bytes());
+        g[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+        g[5] = attr;
+        g[6..8].copy_from_slice(&((target >> 16) as u16).to_le_bytes());
+        g[8..12].copy_from_slice(&((target >> 32) as u32).to_le_bytes());
+        g
+    }
+
+    #[test]
+    fn gates_are_read_and_checked_like_hardware() {
+        let mut mem = stack();
+        let mut gm = GuestMem::new(&mut mem, Mfn(1));
+        let idt = B + 1024;
+        let h = 0xffff_ffff_8010_2345u64;
+        gm.write(idt + 16 * 14, &gate(h, 0x8e)).unwrap();
+        gm.write(idt + 16 * 3, &gate(h, 0xef)).unwrap(); // trap gate, DPL 3
+        gm.write(idt + 16 * 5, &gate(h, 0x0e)).unwrap(); // not present
+        gm.write(idt + 16 * 6, &gate(h, 0x8c)).unwrap(); // call gate
+        gm.write(idt + 16 * 7, &gate(0x0000_8000_0000_0000, 0x8e))
+            .unwrap();
+        let lim = 16 * 32 - 1;
+        assert_eq!(
+            read_gate(&mut gm, idt, lim, 14),
+            Ok(Gate {
+                target: h,
+                trap: false
+            })
+        );
+        assert_eq!(
+            read_gate(&mut gm, idt, lim, 3),
+            Ok(Gate {
+                target: h,
+                trap: true
+            })
+        );
+        assert_eq!(read_gate(&mut gm, idt, lim, 5), Err(GateError::NotPresent));
+        assert_eq!(read_gate(&mut gm, idt, lim, 6), Err(GateError::BadType));
+        assert_eq!(
+            read_gate(&mut gm, idt, lim, 7),
+            Err(GateError::NonCanonical)
+        );
+        // The whole 16-byte gate must be inside the limit.
+        assert_eq!(
+            read_gate(&mut gm, idt, 16 * 14 + 14, 14),
+            Err(GateError::BeyondLimit)
+        );
+        assert!(read_gate(&mut gm, idt, 16 * 14 + 15, 14).is_ok());
+        // Gate 255 lies on the next (unmapped) page.
+        assert_eq!(
+            read_gate(&mut gm, idt, 0xffff, 255),
+            Err(GateError::Unreadable)
+        );
+        // An IDT in unmapped or hypervisor memory.
+        for base in [0u64, B + 4096, 0xffff_8000_0000_0000, u64::MAX - 8] {
+            assert_eq!(
+                read_gate(&mut gm, base, 0xffff, 14),
+                Err(GateError::Unreadable),
+                "{base:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn hardware_frames_are_aligned_and_carry_the_virtual_if() {
+        let mut mem = stack();
+        let mut gm = GuestMem::new(&mut mem, Mfn(1));
+        let mut r = VcpuRegs {
+            rip: 0x1234,
+            rsp: B + 4000 - 8, // not 16-aligned
+            rflags: 0x202 | (1 << 8) | (1 << 10) | (1 << 14),
+            ..Default::default()
+        };
+        let orig = r;
+        push_hw_frame(&mut gm, &mut r, 0x5678, Some(0x2a), false).unwrap();
+        assert_eq!(r.rip, 0x5678);
+        assert_eq!(r.rsp, ((B + 4000 - 8) & !15) - 48);
+        let mut words = [0u8; 48];
+        gm.read(r.rsp, &mut words).unwrap();
+        let w = |i: usize| u64::from_le_bytes(words[8 * i..8 * i + 8].try_into().unwrap());
+        assert_eq!(
+            [w(0), w(1), w(2), w(4), w(5)],
+            [0x2a, 0x1234, FLAT_USER_CS, orig.rsp, FLAT_USER_SS]
+        );
+        assert_eq!(
+            w(3),
+            orig.rflags & !RFLAGS_IF,
+            "image IF = virtual IF (clear)"
+        );
+        assert_eq!(r.rflags & GATE_CLEARED_FLAGS, 0);
+        assert_ne!(r.rflags & (1 << 10), 0, "DF is not cleared by a gate");
+        // Without an error code, virtual IF set.
+        let mut r2 = orig;
+        push_hw_frame(&mut gm, &mut r2, 0x5678, None, true).unwrap();
+        assert_eq!(r2.rsp, ((B + 4000 - 8) & !15) - 40);
+        let mut f = [0u8; 8];
+        gm.read(r2.rsp + 16, &mut f).unwrap();
+        assert_ne!(u64::from_le_bytes(f) & RFLAGS_IF, 0);
+        // A stack that is not mapped writable: error, registers unchanged.
+        for rsp in [0u64, 0x20, B + 20, 0xffff_8300_0000_1000] {
+            let mut r3 = VcpuRegs {
+                rsp,
+                rip: 9,
+                ..Default::default()
+            };
+            assert!(push_hw_frame(&mut gm, &mut r3, 1, Some(0), true).is_err());
+            assert_eq!((r3.rsp, r3.rip), (rsp, 9));
+        }
     }
 }

@@ -4,10 +4,22 @@
 //!
 //! Port policy (per domain): the hypervisor owns the PIC, PIT, CMOS, COM1, the PCI
 //! configuration ports and QEMU's debug-exit port; every domain sees *virtual* devices
-//! instead: a write-only 16550-like COM1 at 0x3f8 whose transmit register feeds the
-//! domain's console, the Bochs debug port 0xe9 (console), and the POST port 0x80
-//! (ignored). dom0 may reach every other real port (a device driver domain needs them);
-//! an unprivileged domain gets #GP for any other port.
+//! instead:
+//!
+//! | ports | domains | device |
+//! |---|---|---|
+//! | `0x3f8..=0x3ff` | all | write-only 16550-like COM1: the transmit register feeds the domain's console, LSR says "transmitter empty", other registers read 0 |
+//! | `0xe9` | all | Bochs debug port: the console |
+//! | `0x80` | all | POST port: ignored, reads `0xff` |
+//! | `0xf4` | all | QEMU `isa-debug-exit`, virtual: a write of `v` ends *the domain* (not the machine): `v == 0x10` is `poweroff` (success), anything else a crash; reads give 0 |
+//! | `0x20/0x21`, `0xa0/0xa1` | unprivileged | the virtual 8259 pair ([`crate::vpic`]) |
+//! | `0x40..=0x43`, `0x61` | unprivileged | the virtual 8254 ([`crate::vpit`]); channels 1/2 and `0x61` inert |
+//!
+//! The PIC/PIT registers are bytes: a 16/32-bit access acts on the low byte at that
+//! port (reads zero-extend). dom0 keeps the real-port policy for everything else: it
+//! may reach every real port the hypervisor does not own (a device driver domain needs
+//! them), and gets #GP for the PIC/PIT (the hypervisor's). An unprivileged domain gets
+//! #GP for any port not listed.
 
 use super::{log, Hypervisor};
 use crate::console::{emit_line, ConsoleSink};
@@ -17,6 +29,9 @@ use crate::evtchn;
 use crate::guest_mem::GuestMem;
 use crate::mem::MachineMemory;
 use crate::mm::Actor;
+use crate::vpic::Vpic;
+use crate::vpit::Vpit;
+use abi::hypercall::ShutdownReason;
 use abi::Mfn;
 
 /// Ports the hypervisor itself drives (never passed through to dom0).
@@ -24,12 +39,19 @@ fn hypervisor_port(port: u16) -> bool {
     matches!(port, 0x20..=0x21 | 0xa0..=0xa1 | 0x40..=0x43 | 0x61 | 0x70..=0x71 | 0x3f8..=0x3ff | 0xf4..=0xf7 | 0xcf8..=0xcff)
 }
 
+/// QEMU's `isa-debug-exit` port, virtual for every domain.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// The value a native test kernel writes to [`DEBUG_EXIT_PORT`] for success.
+pub const DEBUG_EXIT_SUCCESS: u32 = 0x10;
+
 /// What emulation asked of the hypervisor besides register/virtual-CPU changes.
 #[derive(Default)]
 struct Effects {
     halt: bool,
     flush: bool,
     masked: Option<bool>,
+    /// A value written to the virtual debug-exit port.
+    debug_exit: Option<u32>,
 }
 
 struct EmuEnv<'x, 'f, M: MachineMemory, C: ConsoleSink> {
@@ -48,10 +70,21 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
     }
 
     fn io_in(&mut self, port: u16, size: u8) -> Result<u32, Fault> {
+        let now = self.hv.now;
+        let unprivileged = !self.actor.privileged;
         match port {
             0x3fd => Ok(0x60),             // virtual COM1 LSR: transmitter empty
             0x3f8..=0x3ff | 0xe9 => Ok(0), // other virtual COM1 registers read 0
             0x80 => Ok(0xff),
+            DEBUG_EXIT_PORT => Ok(0),
+            _ if unprivileged && Vpic::owns(port) => {
+                let d = self.hv.domains[self.idx].as_ref().ok_or(Fault::Gp(0))?;
+                Ok(u32::from(d.vpic.read(port)))
+            }
+            _ if unprivileged && Vpit::owns(port) => {
+                let d = self.hv.domains[self.idx].as_mut().ok_or(Fault::Gp(0))?;
+                Ok(u32::from(d.vpit.read(port, now)))
+            }
             _ if self.actor.privileged && !hypervisor_port(port) => {
                 Ok((self.hv.port_in)(port, size))
             }
@@ -73,6 +106,22 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
                 Ok(())
             }
             0x3f9..=0x3ff | 0x80 => Ok(()),
+            DEBUG_EXIT_PORT => {
+                let mask = u32::MAX >> (32 - 8 * u32::from(size.clamp(1, 4)));
+                self.fx.debug_exit = Some(value & mask);
+                Ok(())
+            }
+            _ if !self.actor.privileged && Vpic::owns(port) => {
+                let d = self.hv.domains[self.idx].as_mut().ok_or(Fault::Gp(0))?;
+                d.vpic.write(port, value as u8);
+                Ok(())
+            }
+            _ if !self.actor.privileged && Vpit::owns(port) => {
+                let now = self.hv.now;
+                let d = self.hv.domains[self.idx].as_mut().ok_or(Fault::Gp(0))?;
+                d.vpit.write(port, value as u8, now);
+                Ok(())
+            }
             _ if self.actor.privileged && !hypervisor_port(port) => {
                 (self.hv.port_out)(port, size, value);
                 Ok(())
@@ -173,6 +222,20 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 }
                 if fx.halt {
                     self.halt(idx);
+                }
+                if let Some(v) = fx.debug_exit {
+                    let (reason, what) = if v == DEBUG_EXIT_SUCCESS {
+                        (ShutdownReason::Poweroff, "poweroff")
+                    } else {
+                        (ShutdownReason::Crash, "crash")
+                    };
+                    log(
+                        &mut self.console,
+                        format_args!(
+                            "{id} wrote {v:#x} to the debug-exit port {DEBUG_EXIT_PORT:#x}: {what}"
+                        ),
+                    );
+                    self.end_current(Ending::Shutdown(reason));
                 }
                 Emulated::Yes
             }

@@ -12,6 +12,9 @@ mod events;
 #[cfg(test)]
 mod grant_tests;
 mod grants;
+mod native;
+#[cfg(test)]
+mod native_tests;
 #[cfg(test)]
 mod testkit;
 mod vcpu;
@@ -475,6 +478,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             virt_cpu: crate::emulate::VirtCpu::reset(),
             emulations: 0,
             bench_gp_rip: 0,
+            vpic: crate::vpic::Vpic::new(),
+            vpit: crate::vpit::Vpit::new(),
         });
         log(
             &mut self.console,
@@ -976,30 +981,57 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         }
     }
 
-    /// Writable page tables: emulate a guest store into one of its own L1 tables that
-    /// faulted on the table's read-only mapping.
+    /// Writable page tables: emulate a guest store that faulted on a read-only mapping
+    /// of one of its own frames.
+    ///
+    /// - **Virtual CR0.WP set** (the reset state; every PV guest): only stores into the
+    ///   guest's live **L1** tables are emulated (Xen's writable-page-table rule).
+    /// - **Virtual CR0.WP clear** (a native kernel: on bare metal ring 0 then ignores
+    ///   read-only PTEs, which is how it writes its own page-table pages): stores into
+    ///   live tables of **any level** (L1..L4) are validated and applied through
+    ///   [`Mm::update_entry`] exactly like an `mmu_update`; a store into an own frame
+    ///   with **no type** (type count 0) or the plain `Writable` type is performed as is.
+    ///   Anything else — descriptor-table frames, the guest's grant-table frames, grant
+    ///   mappings (`PTE_GNTTAB`), frames of other domains or of the hypervisor — is not
+    ///   a writable-page-table case: the `#PF` is delivered.
+    ///
+    /// In both cases the instruction must be one of [`crate::ptwr_decode`]'s forms (a
+    /// 4- or 8-byte `mov`/`xchg`/`cmpxchg`, naturally aligned), the faulting leaf must
+    /// be the read-only one (a read-only *upper-level* entry is not emulated), and a
+    /// refused store (bad entry, unsupported instruction) injects the `#PF`.
     fn ptwr(&mut self, regs: &mut VcpuRegs, cr2: u64) -> Result<(), PtwrError> {
         use crate::ptwr_decode::{decode_pte_write, widen, PteWrite};
-        let (id, l4, privileged) = match self.current() {
-            Some(d) => (d.id, d.l4, d.privileged),
+        let (id, l4, privileged, wp) = match self.current() {
+            Some(d) => (
+                d.id,
+                d.l4,
+                d.privileged,
+                d.virt_cpu.cr0 & crate::emulate::CR0_WP != 0,
+            ),
             None => return Err(PtwrError::NotPtwr),
         };
         let actor = Actor {
             dom: id,
             privileged,
         };
-        // The faulting mapping must be a read-only mapping of one of the guest's live L1s.
+        // The faulting mapping must be a read-only mapping of one of the guest's frames.
         let pte_of_va =
             paging::l1_entry_maddr(&self.mem, l4, cr2).map_err(|_| PtwrError::NotPtwr)?;
         let leaf = self.mem.read_u64(pte_of_va).ok_or(PtwrError::NotPtwr)?;
-        if leaf & paging::PTE_P == 0 || leaf & paging::PTE_RW != 0 {
+        if leaf & paging::PTE_P == 0
+            || leaf & paging::PTE_RW != 0
+            || leaf & crate::grant::PTE_GNTTAB != 0
+        {
             return Err(PtwrError::NotPtwr);
         }
         let table = Mfn((leaf & paging::PTE_ADDR_MASK) >> 12);
-        match mm!(self).table_level(table, actor) {
-            Ok(Some(1)) => {}
+        // `Some(level)`: a live table; `None`: a plain own frame (WP clear only).
+        let is_table = match mm!(self).table_level(table, actor) {
+            Ok(Some(1)) => true,
+            Ok(Some(_)) if !wp => true,
+            Ok(None) if !wp && self.plain_store_target(table) => false,
             _ => return Err(PtwrError::NotPtwr),
-        }
+        };
         // Fetch and decode the instruction (untrusted bytes, through the checked API).
         let (bytes, n) = GuestMem::new(&mut self.mem, l4).fetch_insn(regs.rip);
         let gpr = gpr_array(regs);
@@ -1033,15 +1065,35 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 (merge(size, new)?, None)
             }
         };
-        mm!(self)
-            .update_entry(entry_addr, new, actor)
-            .map_err(|e| PtwrError::Refused(e.name()))?;
+        if is_table {
+            mm!(self)
+                .update_entry(entry_addr, new, actor)
+                .map_err(|e| PtwrError::Refused(e.name()))?;
+        } else if !self.mem.write_u64(entry_addr, new) {
+            return Err(PtwrError::Refused(Errno::EFAULT.name()));
+        }
         if let Some((reg, v)) = writeback {
             set_gpr(regs, reg as usize, v);
         }
         self.flush_tlb = true;
         regs.rip += d.len as u64;
         Ok(())
+    }
+
+    /// Whether `frame` (already known to be the current domain's and not a live page
+    /// table) may take a plain store emulated with virtual CR0.WP clear: no type, or the
+    /// plain `Writable` type, and not one of its grant-table frames.
+    fn plain_store_target(&self, frame: Mfn) -> bool {
+        use crate::frame_table::PageType;
+        let Some(f) = self.frames.info(frame) else {
+            return false;
+        };
+        let untyped = f.type_count == 0 || f.ptype == PageType::Writable;
+        let grant_frame = self
+            .current()
+            .and_then(|d| d.grants.as_ref())
+            .is_some_and(|g| g.frames().contains(&frame));
+        untyped && !grant_frame
     }
 
     fn run_multicall(&mut self, id: DomId, l4: Mfn, list: u64, count: u64) -> Result<u64, Errno> {

@@ -1,5 +1,7 @@
-//! The virtual CPU: trap table, event upcalls, `iret`, time, timers, block/poll, and the
-//! scheduling decision taken on every exit to a guest.
+//! The virtual CPU: trap table, event upcalls, `iret`, time, timers (`set_timer_op`'s
+//! one-shot and the virtual PIT's channel-0 edge), block/poll, and the scheduling
+//! decision taken on every exit to a guest (which also delivers virtual-PIC interrupts
+//! to a vCPU in native delivery, `native.rs`).
 
 use super::{log, Hypervisor, Next};
 use crate::console::ConsoleSink;
@@ -100,6 +102,26 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         let Some(idx) = self.current else {
             return false;
         };
+        if self.native_delivery(idx) {
+            // Through the virtual IDT (`native.rs`): the guest owns the same vectors.
+            if !guest_deliverable(vector) {
+                return false;
+            }
+            let err = has_error_code(vector).then_some(if vector == 14 {
+                error_code & !4
+            } else {
+                error_code
+            });
+            if vector == 14 {
+                if let Some(d) = self.domains[idx].as_mut() {
+                    d.virt_cpu.cr2 = cr2;
+                    let si = d.shared_info;
+                    self.mem.write_u64(si.maddr() + VCPU0_CR2_OFFSET, cr2);
+                }
+            }
+            self.deliver_native(idx, regs, vector, err);
+            return true;
+        }
         let Some(d) = self.domains[idx].as_ref() else {
             return false;
         };
@@ -163,12 +185,14 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     }
 
     /// Puts domain slot `idx` to sleep until an event is pending (at once a no-op if one
-    /// already is): `sched_op(Block)` after unmasking, and an emulated `hlt`.
+    /// already is): `sched_op(Block)` after unmasking, and an emulated `hlt`. A pending
+    /// virtual-PIC interrupt also counts (whatever the virtual IF: a `hlt` with IF clear
+    /// returns when an interrupt is pending instead of halting for ever).
     pub(super) fn sleep_until_event(&mut self, idx: usize) {
         let Some(si) = self.domains[idx].as_ref().map(|d| d.shared_info) else {
             return;
         };
-        if evtchn::event_pending(&self.mem, si) {
+        if evtchn::event_pending(&self.mem, si) || self.vpic_pending(idx) {
             return;
         }
         if let Some(d) = self.domains[idx].as_mut() {
@@ -254,6 +278,17 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             let Some(d) = self.domains[idx].as_mut() else {
                 continue;
             };
+            // The virtual PIT: one IRQ 0 however many periods passed (coalesced).
+            if d.vpit.expire(now) {
+                d.vpic.raise(0);
+                if d.wait == Wait::Block && d.vpic.pending().is_some() {
+                    d.wait = Wait::None;
+                    let _ = self.sched.wake(idx, now);
+                }
+            }
+            let Some(d) = self.domains[idx].as_mut() else {
+                continue;
+            };
             if d.timer.is_some_and(|t| t <= now) {
                 d.timer = None;
                 self.send_virq(idx, VIRQ_TIMER);
@@ -261,7 +296,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         }
     }
 
-    /// The earliest armed timer or poll timeout among live domains.
+    /// The earliest armed timer, virtual-PIT edge or poll timeout among live domains.
     fn earliest_timer(&self) -> Option<u64> {
         self.domains
             .iter()
@@ -272,7 +307,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                     Wait::Poll { timeout, .. } if timeout != 0 => Some(timeout),
                     _ => None,
                 };
-                d.timer.into_iter().chain(poll)
+                d.timer.into_iter().chain(poll).chain(d.vpit.deadline())
             })
             .min()
     }
@@ -354,6 +389,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 self.publish_time(idx);
             }
             self.deliver_upcall(idx, regs);
+            self.deliver_virtual_interrupt(idx, regs);
             let Some(d) = self.domains[idx].as_ref() else {
                 continue;
             };
