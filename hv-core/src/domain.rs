@@ -130,6 +130,9 @@ pub struct Domain {
     pub vpic: crate::vpic::Vpic,
     /// Virtual PIT; its channel-0 deadline is a per-vCPU timer.
     pub vpit: crate::vpit::Vpit,
+    /// The virtual COM1's line-control register: with its DLAB bit (7) set, port 0x3f8
+    /// is the divisor latch, not the transmitter (a UART driver's init writes it).
+    pub uart_lcr: u8,
 }
 
 /// What a vCPU is waiting for.

@@ -250,7 +250,10 @@ pub const CONFIGURATIONS: &[Configuration] = &[
     Configuration {
         name: "trapped",
         about: "the guest kernel under the hypervisor in native mode: privileged instructions trapped and emulated",
-        boot: Err("the guest kernel has no trapped (native-under-hypervisor) mode yet (issue 5)"),
+        boot: Ok(Boot::Hypervisor {
+            hv_args: "",
+            guest_args: "pvops=native",
+        }),
     },
 ];
 

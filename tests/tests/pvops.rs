@@ -34,7 +34,27 @@ fn tasks_paravirtualized() {
 }
 
 #[test]
-fn workload_suite_native_and_pv() {
+fn tasks_trapped_under_the_hypervisor() {
+    let out = Scenario::new("pvops-trapped")
+        .guest("test=tasks pvops=native")
+        .run();
+    out.assert_hv_success()
+        .assert_line_starting("[d1] tasks: platform trapped")
+        .assert_result("[d1]", TestResult::Success)
+        // It ended through the virtual debug-exit port, having made no hypercall: every
+        // privileged operation was trapped and emulated.
+        .assert_contains("[hv] d1 wrote 0x10 to the debug-exit port 0xf4: poweroff")
+        .assert_contains("[hv] d1 ended: poweroff; 4097 frames freed, 0 hypercalls served")
+        .assert_all_domains_ended();
+    // Its page-table stores, cr3 loads and timer all went through the hypervisor.
+    out.expect(
+        !out.serial.contains("[d1] ?"),
+        "the UART's divisor latch byte is not printed",
+    );
+}
+
+#[test]
+fn workload_suite_in_all_three_modes() {
     let native = Scenario::new("pvops-workload-native")
         .native("test=workload reps=1")
         .icount(true)
@@ -50,12 +70,22 @@ fn workload_suite_native_and_pv() {
         .run();
     pv.assert_hv_success()
         .assert_result("[d1]", TestResult::Success);
+    let trapped = Scenario::new("pvops-workload-trapped")
+        .guest("test=workload reps=1 pvops=native")
+        .icount(true)
+        .timeout(Duration::from_secs(90))
+        .run();
+    trapped
+        .assert_hv_success()
+        .assert_result("[d1]", TestResult::Success);
     for kind in ["cpu", "timer", "switch", "churn"] {
         let name = format!("bench: name=wl-{kind}");
         let n = native.number_after(&name, "median=");
         let p = pv.number_after(&format!("[d1] {name}"), "median=");
+        let t = trapped.number_after(&format!("[d1] {name}"), "median=");
         native.expect(n.is_some_and(|v| v > 0), format!("native {kind} figure"));
         pv.expect(p.is_some_and(|v| v > 0), format!("pv {kind} figure"));
+        trapped.expect(t.is_some_and(|v| v > 0), format!("trapped {kind} figure"));
     }
     // Pure compute is the same code on the same CPU: the path lengths agree closely.
     let (n, p) = (

@@ -73,7 +73,10 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
         let now = self.hv.now;
         let unprivileged = !self.actor.privileged;
         match port {
-            0x3fd => Ok(0x60),             // virtual COM1 LSR: transmitter empty
+            0x3fd => Ok(0x60), // virtual COM1 LSR: transmitter empty
+            0x3fb => Ok(self.hv.domains[self.idx]
+                .as_ref()
+                .map_or(0, |d| u32::from(d.uart_lcr))),
             0x3f8..=0x3ff | 0xe9 => Ok(0), // other virtual COM1 registers read 0
             0x80 => Ok(0xff),
             DEBUG_EXIT_PORT => Ok(0),
@@ -94,6 +97,20 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
 
     fn io_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Fault> {
         match port {
+            0x3fb => {
+                if let Some(d) = self.hv.domains[self.idx].as_mut() {
+                    d.uart_lcr = value as u8;
+                }
+                Ok(())
+            }
+            // Divisor latch low byte, not a character.
+            0x3f8
+                if self.hv.domains[self.idx]
+                    .as_ref()
+                    .is_some_and(|d| d.uart_lcr & 0x80 != 0) =>
+            {
+                Ok(())
+            }
             0x3f8 | 0xe9 => {
                 let id = self.hv.domains[self.idx].as_ref().map(|d| d.id);
                 let console = &mut self.hv.console;
@@ -136,9 +153,18 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
 
     fn write_cr3(&mut self, value: u64) -> Result<(), Fault> {
         let new = Mfn((value & crate::paging::PTE_ADDR_MASK) >> 12);
-        self.hv
-            .switch_base(self.idx, new, self.actor)
-            .map_err(|_| Fault::Gp(0))?;
+        if let Err(e) = self.hv.switch_base(self.idx, new, self.actor) {
+            // The guest only sees #GP; the reason goes to the log.
+            log(
+                &mut self.hv.console,
+                format_args!(
+                    "{} mov cr3 to {:#x} refused: {e}",
+                    self.actor.dom,
+                    new.maddr()
+                ),
+            );
+            return Err(Fault::Gp(0));
+        }
         self.l4 = new;
         Ok(())
     }

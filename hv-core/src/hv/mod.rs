@@ -480,6 +480,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             bench_gp_rip: 0,
             vpic: crate::vpic::Vpic::new(),
             vpit: crate::vpit::Vpit::new(),
+            uart_lcr: 0,
         });
         log(
             &mut self.console,
@@ -556,6 +557,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         // Trap-and-emulate: a privileged instruction (#GP(0)) or a forced-emulation cpuid
         // (#UD).
         if (f.vector == 13 && f.error_code == 0) || f.vector == 6 {
+            // An emulated instruction is one guest operation, with its own validation
+            // budget (a `mov cr3` may validate a whole unpinned tree).
+            self.budget = VALIDATION_BUDGET;
             if let emul::Emulated::Yes = self.try_emulate(regs, f.vector == 6) {
                 return self.after_event(regs);
             }

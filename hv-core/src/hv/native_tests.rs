@@ -831,3 +831,22 @@ proptest::proptest! {
         proptest::prop_assert_eq!(t.state(DomId(2)), DomainState::Runnable);
     }
 }
+
+#[test]
+fn the_virtual_uart_honours_the_divisor_latch() {
+    let mut t = T::new();
+    // A 16550 driver's init: DLAB on, divisor 1 through 0x3f8/0x3f9, DLAB off (8N1).
+    for (port, v) in [(0x3fb, 0x80), (0x3f8, 0x01), (0x3f9, 0x00), (0x3fb, 0x03)] {
+        t.out8(port, v);
+    }
+    assert_eq!(t.in8(0x3fb), 0x03, "LCR reads back");
+    for b in b"hi\n" {
+        t.out8(0x3f8, *b);
+    }
+    let out = &t.hv.console.out;
+    assert!(out.contains("[d0] hi\n"), "{out}");
+    assert!(
+        !out.contains('\u{1}') && !out.contains("?hi"),
+        "the divisor byte was printed: {out}"
+    );
+}

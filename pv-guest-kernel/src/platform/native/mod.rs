@@ -11,10 +11,9 @@
 //! - `pushf` in ring 3 shows the real IF (always set under the hypervisor), not the
 //!   virtual one, and `popf` silently ignores IF: so the kernel never reads IF back
 //!   from the flags; it keeps a software copy ([`irq_save`]) next to every `cli`/`sti`.
-//! - `iretq` in ring 3 does not restore IF either: so the interrupt return path
-//!   executes `sti` itself when the interrupted context had interrupts enabled (on
-//!   hardware `sti; iretq` is harmless: `sti`'s one-instruction shadow covers the
-//!   `iretq`).
+//! - `iretq` and `popfq` in ring 3 do not restore IF either: so the interrupt return
+//!   path executes `sti` itself when the interrupted context had interrupts enabled
+//!   (and returns with `popfq; ret`, see the IDT stubs).
 //! - `sgdt`/`sidt`/`smsw`/`str` return the hypervisor's values in ring 3: the kernel
 //!   never reads its descriptor tables back; it remembers what it loaded.
 
@@ -182,7 +181,7 @@ extern "C" fn native_trap_entry(frame: &mut ExceptionFrame) {
         }
         crate::traps::dispatch(frame);
     }
-    // The stub executes `sti` before `iretq` if the frame had IF set.
+    // The stub executes `sti` on the way back if the frame had IF set.
     IRQS_ON.store(
         frame.rflags & crate::traps::RFLAGS_IF != 0,
         Ordering::SeqCst,
@@ -193,7 +192,16 @@ extern "C" fn native_trap_entry(frame: &mut ExceptionFrame) {
 mod idt {
     //! The IDT: vectors 0-31 (exceptions) and 32-47 (PIC), one stub each, a common part
     //! that builds an [`ExceptionFrame`](crate::traps::ExceptionFrame) exactly like the
-    //! PV stubs do and returns with `iretq`.
+    //! PV stubs do.
+    //!
+    //! The way back avoids `iretq`: the interrupted context is on the same privilege
+    //! level (no stack switch), so the stub writes rax, rflags and rip just below the
+    //! interrupted rsp (the kernel has no red zone), switches to it and does `pop rax;
+    //! popfq; ret`, after an explicit `sti` if the interrupted code had IF set (`popfq`,
+    //! like `iretq`, cannot change IF in ring 3 under the hypervisor). Why not `iretq`:
+    //! QEMU's TCG performs `iretq`'s stack reads as supervisor accesses, so with SMAP on
+    //! (the hypervisor enables it) an `iretq` executed in ring 3 from a user-mapped
+    //! stack faults; on hardware it would not. `ret` has no such problem and costs less.
 
     #[cfg(target_os = "none")]
     core::arch::global_asm!(
@@ -241,6 +249,17 @@ mod idt {
             cld
             call {entry}
             mov rsp, rbx
+            // Return without iretq (see `idt`'s docs): put rax, rflags and rip just below
+            // the interrupted rsp, keep that address in the cr2 slot.
+            mov rcx, [rsp + 144]    // rip
+            mov rdx, [rsp + 160]    // rflags
+            mov rsi, [rsp + 168]    // interrupted rsp
+            mov rdi, [rsp + 120]    // rax
+            mov [rsi - 8], rcx
+            mov [rsi - 16], rdx
+            mov [rsi - 24], rdi
+            sub rsi, 24
+            mov [rsp], rsi
             add rsp, 8
             pop r15
             pop r14
@@ -257,13 +276,17 @@ mod idt {
             pop rcx
             pop rbx
             pop rax
-            add rsp, 16
-            // IF is not restored by iretq in ring 3 (under the hypervisor): sti first.
-            test byte ptr [rsp + 17], 2
+            add rsp, 16             // vector, error code
+            mov rsp, [rsp - 144]    // the interrupted stack, at [rax, rflags, rip]
+            // IF is not restored by popfq in ring 3 (under the hypervisor): sti first if
+            // the interrupted code had it set. Any interrupt taken here nests below.
+            test byte ptr [rsp + 9], 2
             jz 1f
             sti
         1:
-            iretq
+            pop rax
+            popfq
+            ret
         .popsection
         "#,
         entry = sym super::native_trap_entry,
