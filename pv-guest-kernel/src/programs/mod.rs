@@ -9,6 +9,7 @@ mod basic;
 mod clock;
 mod crash;
 mod evtchn;
+mod heap;
 mod memory;
 mod mm_hostile;
 mod multicall;
@@ -134,6 +135,11 @@ pub static PROGRAMS: &[Program] = &[
         name: "evdemo",
         about: "block-with-timeout loops: timed waits, a loopback channel, polls",
         run: evtchn::evdemo,
+    },
+    Program {
+        name: "heap",
+        about: "alloc through the kernel heap: Box, Vec, BTreeMap, accounting, reuse; oom=1 panics",
+        run: heap::run,
     },
     Program {
         name: "crash-null",

@@ -1,0 +1,34 @@
+//! The bare-metal plumbing the split-driver framework stands on: the kernel heap, the
+//! guest kernel's `Platform` (grants, foreign mappings, event channels), xenstore and
+//! console bootstrap for domUs (the builder's store/console pages, dom0's domain
+//! enumeration and VIRQ_DOM_EXC), and console input for dom0.
+
+use tests::{Scenario, TestResult};
+
+#[test]
+fn kernel_heap_serves_alloc() {
+    let o = Scenario::new("plumb-heap")
+        .guest("test=heap")
+        .guest("test=heap heap_kib=512")
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_result("[d2] ", TestResult::Success)
+        .assert_contains("[d1] heap: 1048576 bytes")
+        .assert_contains("[d2] heap: 524288 bytes")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+}
+
+#[test]
+fn heap_exhaustion_is_a_clear_panic() {
+    let o = Scenario::new("plumb-heap-oom")
+        .guest("test=heap heap_kib=256 oom=1")
+        .run();
+    o.assert_hv_failure()
+        .assert_contains("[d1] heap: 8 checks passed, 0 failed")
+        .assert_line_starting("[d1] panic: ")
+        .assert_contains("heap: out of memory: 65536 bytes (align 1) requested")
+        .assert_contains("[hv] d1 ended: crash")
+        .assert_contains("[hv] free frames back to the boot baseline")
+        .expect(o.result_of("[d1] ").is_none(), "d1 never reported a result");
+}
