@@ -20,9 +20,11 @@ use abi::{DomId, Errno, HypercallNr};
 pub use crate::hypercall::Path;
 
 mod evtchn;
+mod gnttab;
 mod mm;
 mod vcpu;
 pub use evtchn::*;
+pub use gnttab::*;
 pub use mm::*;
 pub use vcpu::*;
 

@@ -64,10 +64,12 @@
 extern crate alloc;
 
 pub use abi;
+pub use pv_drivers;
 
 pub mod cmdline;
 pub mod console;
 pub mod events;
+pub mod grant;
 pub mod heap;
 #[cfg(not(target_os = "none"))]
 pub mod host;
@@ -75,6 +77,7 @@ pub mod hv;
 pub mod hypercall;
 pub mod mem;
 pub mod mm;
+pub mod platform;
 pub mod rt;
 pub mod shared;
 pub mod time;

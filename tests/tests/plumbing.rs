@@ -32,3 +32,14 @@ fn heap_exhaustion_is_a_clear_panic() {
         .assert_contains("[hv] free frames back to the boot baseline")
         .expect(o.result_of("[d1] ").is_none(), "d1 never reported a result");
 }
+
+#[test]
+fn platform_grants_maps_and_rings_within_one_domain() {
+    let o = Scenario::new("plumb-grant-self")
+        .guest("test=grant-self")
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_contains("[d1] grant-self: 200 ring round trips")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+}

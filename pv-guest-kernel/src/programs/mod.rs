@@ -9,6 +9,7 @@ mod basic;
 mod clock;
 mod crash;
 mod evtchn;
+mod grant;
 mod heap;
 mod memory;
 mod mm_hostile;
@@ -135,6 +136,11 @@ pub static PROGRAMS: &[Program] = &[
         name: "evdemo",
         about: "block-with-timeout loops: timed waits, a loopback channel, polls",
         run: evtchn::evdemo,
+    },
+    Program {
+        name: "grant-self",
+        about: "PvPlatform: grant, map/unmap, ring over a grant, hostile grant ops (own domain)",
+        run: grant::self_test,
     },
     Program {
         name: "heap",
