@@ -249,6 +249,25 @@ impl Path {
         decode_domid(unsafe { self.call(HypercallNr::DomainId as u64, [0; 5]) })
     }
 
+    /// The `DomainInfo` extension hypercall (privileged): the domain with the lowest id
+    /// `>= first`. `ESRCH` when there is none, `EPERM` unless privileged.
+    pub fn domain_info(self, first: DomId) -> Result<abi::hypercall::DomainInfo, Errno> {
+        let mut info = abi::hypercall::DomainInfo::default();
+        let args = [
+            u64::from(first.0),
+            &mut info as *mut abi::hypercall::DomainInfo as u64,
+            0,
+            0,
+            0,
+        ];
+        // SAFETY: the hypervisor writes one `DomainInfo` (plain integers) to `info`, a
+        // live local.
+        let ret = unsafe { self.call(HypercallNr::DomainInfo as u64, args) };
+        decode_unit(ret)?;
+        // SAFETY: `info` is live; volatile so the hypervisor's write is seen.
+        Ok(unsafe { (&info as *const abi::hypercall::DomainInfo).read_volatile() })
+    }
+
     /// `sched_op(Yield)`: gives up the CPU; the domain stays runnable.
     pub fn sched_yield(self) -> Result<(), Errno> {
         let args = [SchedOpCmd::Yield as u64, 0, 0, 0, 0];
@@ -343,6 +362,31 @@ pub fn page_size() -> Result<u64, Errno> {
 /// [`Path::domain_id`] on the default path.
 pub fn domain_id() -> Result<DomId, Errno> {
     default_path().domain_id()
+}
+
+/// [`Path::domain_info`] on the default path.
+pub fn domain_info(first: DomId) -> Result<abi::hypercall::DomainInfo, Errno> {
+    default_path().domain_info(first)
+}
+
+/// Every domain (dom0 included), in id order, through [`domain_info`]: how the control
+/// domain enumerates domains. Stops at the first error other than the end (`ESRCH`).
+pub fn domains() -> impl Iterator<Item = Result<abi::hypercall::DomainInfo, Errno>> {
+    let mut next: Option<u32> = Some(0);
+    core::iter::from_fn(move || {
+        let first = u16::try_from(next?).ok()?;
+        match domain_info(DomId(first)) {
+            Ok(i) => {
+                next = Some(u32::from(i.domid) + 1);
+                Some(Ok(i))
+            }
+            Err(Errno::ESRCH) => None,
+            Err(e) => {
+                next = None;
+                Some(Err(e))
+            }
+        }
+    })
 }
 
 /// [`Path::sched_yield`] on the default path.

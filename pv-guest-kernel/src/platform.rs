@@ -25,6 +25,7 @@
 use alloc::vec::Vec;
 
 use abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES;
+use abi::hypercall::DomainInfo;
 use abi::mm::UVMF_INVLPG;
 use abi::ring::SharedPage;
 use abi::start_info::StartInfo;
@@ -35,6 +36,48 @@ use crate::grant::{ForeignSlots, GrantEntries, RefAllocator};
 use crate::mm::pt::leaf_entry;
 use crate::mm::pv::{frame_of_pfn, PvFrames, PvMmu};
 use crate::{events, heap, hv, mem};
+
+/// A ring page the domain builder set up for this domU (xenstore or console), seen
+/// from the domU: the page in its start-of-day map and its port (unbound for dom0 until
+/// dom0 binds it), with [`events::note`] installed as the port's handler.
+pub struct BootRing {
+    /// The page.
+    pub page: SharedPage,
+    /// The event-channel port.
+    pub port: Port,
+    /// The page's machine frame (what dom0 sees in `DomainInfo`).
+    pub mfn: Mfn,
+}
+
+fn boot_ring(mfn: Mfn, port: Port) -> Option<BootRing> {
+    if mfn.0 == 0 || port == 0 {
+        return None;
+    }
+    let pfn = crate::mm::pv::mfn_to_pfn(mfn)?;
+    let va = mem::pfn_to_va(pfn);
+    events::init().ok()?;
+    events::set_handler(port, Some(events::note)).ok()?;
+    Some(BootRing {
+        // SAFETY: the builder's page, mapped read-write at its start-of-day address for
+        // the domain's life; the caller uses it through the ring code only (one handle:
+        // call this once per ring).
+        page: unsafe { SharedPage::new(va as usize as *mut u8) },
+        port,
+        mfn,
+    })
+}
+
+/// This domU's xenstore page and port (`start_info.store_mfn` / `store_evtchn`); `None`
+/// for dom0 or if the builder gave none. Call once.
+pub fn store_ring(si: &StartInfo) -> Option<BootRing> {
+    boot_ring(si.store_mfn, si.store_evtchn)
+}
+
+/// This domU's console page and port (`start_info.console_mfn` / `console_evtchn`).
+/// Call once.
+pub fn console_ring(si: &StartInfo) -> Option<BootRing> {
+    boot_ring(si.console_mfn, si.console_evtchn)
+}
 
 /// Foreign-mapping slots [`PvPlatform::new`] reserves.
 pub const DEFAULT_FOREIGN_SLOTS: usize = 64;
@@ -175,6 +218,43 @@ impl PvPlatform {
         self.slots.free(va)
     }
 
+    /// dom0: maps domU `info`'s xenstore page (grant ref `info.store_gref`, read-write)
+    /// and binds its store port; returns the mapping and dom0's local port.
+    pub fn connect_store(&mut self, info: &DomainInfo) -> Result<(MappedGrant, Port), Errno> {
+        self.connect_ring(info.domid, info.store_mfn, info.store_gref, info.store_port)
+    }
+
+    /// dom0: the same for domU `info`'s console page.
+    pub fn connect_console(&mut self, info: &DomainInfo) -> Result<(MappedGrant, Port), Errno> {
+        self.connect_ring(
+            info.domid,
+            info.console_mfn,
+            info.console_gref,
+            info.console_port,
+        )
+    }
+
+    fn connect_ring(
+        &mut self,
+        domid: u16,
+        mfn: u64,
+        gref: u32,
+        port: u32,
+    ) -> Result<(MappedGrant, Port), Errno> {
+        if mfn == 0 || port == 0 {
+            return Err(Errno::ENOENT);
+        }
+        let dom = DomId(domid);
+        let m = self.map_grant(dom, GrantRef(gref), false)?;
+        match self.bind_interdomain(dom, port) {
+            Ok(local) => Ok((m, local)),
+            Err(e) => {
+                let _ = self.unmap_grant(m);
+                Err(e)
+            }
+        }
+    }
+
     /// True if one of our allocated grant refs still names machine frame `mfn`.
     fn still_granted(&self, mfn: u64) -> bool {
         (GNTTAB_NR_RESERVED_ENTRIES..self.table.len()).any(|g| {
@@ -292,5 +372,58 @@ impl Platform for PvPlatform {
 
     fn notify(&mut self, port: Port) -> Result<(), Errno> {
         events::send(port)
+    }
+}
+
+/// The rendezvous the plumbing scenarios use before xenstore exists: a domU writes the
+/// grant ref and port of a ring (and of a data page) into the first 16 bytes of its
+/// xenstore page, magic last; dom0, which maps that page, reads them. Everything read is
+/// the peer's and untrusted (the hypervisor checks refs and ports); a torn or garbage
+/// record is just `None` or a failing map.
+pub mod rendezvous {
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    use abi::ring::SharedPage;
+
+    /// `"RNDV"` once the record is complete.
+    pub const MAGIC: u32 = 0x5644_4e52;
+
+    /// What a domU publishes.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Record {
+        /// Grant ref of the ring page (granted to dom0).
+        pub ring_gref: u32,
+        /// The domU's unbound port for the ring (remote dom0).
+        pub ring_port: u32,
+        /// Grant ref of a data page dom0 maps and unmaps repeatedly.
+        pub data_gref: u32,
+    }
+
+    fn word(page: &SharedPage, i: usize) -> &AtomicU32 {
+        // SAFETY: i < 4 keeps the word inside the page (4096 bytes, page aligned), which
+        // the handle's contract keeps mapped; only atomics touch these bytes.
+        unsafe { AtomicU32::from_ptr(page.as_ptr().add(4 * (i % 4)).cast()) }
+    }
+
+    /// Publishes `r` (fields first, magic last with release ordering).
+    pub fn publish(page: &SharedPage, r: Record) {
+        word(page, 1).store(r.ring_gref, Ordering::Relaxed);
+        word(page, 2).store(r.ring_port, Ordering::Relaxed);
+        word(page, 3).store(r.data_gref, Ordering::Relaxed);
+        word(page, 0).store(MAGIC, Ordering::Release);
+    }
+
+    /// The record, once the magic is there.
+    pub fn read(page: &SharedPage) -> Option<Record> {
+        (word(page, 0).load(Ordering::Acquire) == MAGIC).then(|| Record {
+            ring_gref: word(page, 1).load(Ordering::Relaxed),
+            ring_port: word(page, 2).load(Ordering::Relaxed),
+            data_gref: word(page, 3).load(Ordering::Relaxed),
+        })
+    }
+
+    /// Clears the magic (dom0, once it has read the record).
+    pub fn consume(page: &SharedPage) {
+        word(page, 0).store(0, Ordering::Release);
     }
 }

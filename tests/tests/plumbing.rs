@@ -43,3 +43,22 @@ fn platform_grants_maps_and_rings_within_one_domain() {
         .assert_contains("[d1] grant-self: 200 ring round trips")
         .expect(!o.serial.contains("FAIL:"), "no failed check");
 }
+
+#[test]
+fn dom0_finds_domus_maps_their_store_pages_and_serves_rings_over_grants() {
+    let o = Scenario::new("plumb-ring")
+        .dom0("test=ring-backend maps=100")
+        .guest("test=ring-front rounds=500")
+        .guest("test=ring-front rounds=300")
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_result("[d2] ", TestResult::Success)
+        .assert_contains("[d0] dom0: d1 state 0 store mfn ")
+        .assert_contains("[d0] dom0: d1: served 500 requests")
+        .assert_contains("[d0] dom0: d2: served 300 requests")
+        .assert_contains("[d1] ring-front: store mfn ")
+        .assert_contains("[hv] free frames back to the boot baseline")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+}

@@ -1,4 +1,4 @@
-//! `grant-self`: the guest kernel's `Platform` ([`PvPlatform`]) against the real
+//! `grant-self` and `ring-front`: the guest kernel's `Platform` ([`PvPlatform`]) against the real
 //! hypervisor, with this domain as both granter and mapper: share a page, map and unmap
 //! it repeatedly, run a typed ring over it with a loopback event channel, and the
 //! hostile cases (bad refs, bad domains, wrong grantee, read-only grant mapped
@@ -247,4 +247,122 @@ fn ring_round_trips(p: &mut PvPlatform, rounds: u64) -> Result<u64, Errno> {
         frame,
     });
     Ok(done)
+}
+
+/// `ring-front`: the frontend half of the dom0 ring scenario (dom0 runs
+/// `test=ring-backend`). Shares a ring page and a read-only data page with dom0, tells
+/// dom0 their refs and its port through the [`rendezvous`] record in its xenstore page,
+/// waits until dom0 connects, checks that revoking the mapped ring is refused, runs
+/// `rounds=N` (500) request/response round trips, closes, and revokes both grants once
+/// dom0 has unmapped them.
+pub fn front(env: &Env) -> ! {
+    use pv_guest_kernel::platform::{rendezvous, store_ring};
+    let mut c = Checker::new();
+    c.check_eq(
+        "domain_info is dom0's: EPERM",
+        Err(Errno::EPERM),
+        hv::domain_info(DomId(0)).map(|_| ()),
+    );
+    let mut p = match PvPlatform::new(env.si) {
+        Ok(p) => p,
+        Err(e) => xtf::error(format_args!("PvPlatform::new: {e}")),
+    };
+    let Some(store) = store_ring(env.si) else {
+        xtf::failure("no xenstore page in start_info")
+    };
+    println!(
+        "ring-front: store mfn {:#x} port {}, console mfn {:#x} port {}",
+        store.mfn.0, store.port, env.si.console_mfn.0, env.si.console_evtchn
+    );
+    let (Ok(ring_page), Ok(data)) = (p.alloc_page(), p.alloc_page()) else {
+        xtf::error("alloc_page")
+    };
+    for i in 0..PAGE_SIZE {
+        poke(&data.page, i, (i % 253) as u8);
+    }
+    let grants = (
+        p.grant_access(DomId::DOM0, &ring_page, false),
+        p.grant_access(DomId::DOM0, &data, true),
+        p.alloc_unbound(DomId::DOM0),
+    );
+    let (Ok(ring_gref), Ok(data_gref), Ok(port)) = grants else {
+        xtf::failure(format_args!("grants/port: {grants:?}"))
+    };
+    let ring_frame = ring_page.frame;
+    let mut front: FrontRing<Item, Item> = FrontRing::init(ring_page.page);
+    rendezvous::publish(
+        &store.page,
+        rendezvous::Record {
+            ring_gref: ring_gref.0,
+            ring_port: port,
+            data_gref: data_gref.0,
+        },
+    );
+    let _ = p.notify(store.port);
+    println!(
+        "ring-front: published ring ref {} port {port} data ref {}",
+        ring_gref.0, data_gref.0
+    );
+    c.check_eq("dom0 connects", Ok(port), events::wait_any(&[port]));
+    c.check_eq(
+        "revoking the ring dom0 maps: EBUSY",
+        Err(Errno::EBUSY),
+        p.end_access(ring_gref),
+    );
+
+    let rounds = env.cmdline.u64_or("rounds", 500);
+    let mut good = 0u64;
+    let ring = |_| Errno::EIO;
+    let exchange = |front: &mut FrontRing<Item, Item>, req: Item| -> Result<Item, Errno> {
+        front.push_request(req).map_err(|_| Errno::ENOSPC)?;
+        if front.push_requests_and_check_notify() {
+            events::send(port)?;
+        }
+        loop {
+            if let Some(r) = front.take_response().map_err(ring)? {
+                return Ok(r);
+            }
+            if !front.final_check_for_responses().map_err(ring)? {
+                events::wait_any(&[port])?;
+            }
+        }
+    };
+    for seq in 0..rounds {
+        match exchange(&mut front, [seq, seq * 7 + 1]) {
+            Ok(r) if r == [seq, (seq * 7 + 1) * 2] => good += 1,
+            Ok(r) => {
+                c.fail(format_args!("round {seq}"), format_args!("{r:?}"));
+                break;
+            }
+            Err(e) => {
+                c.fail(format_args!("round {seq}"), e);
+                break;
+            }
+        }
+    }
+    c.check_eq("round trips with dom0", rounds, good);
+    c.check_eq(
+        "close acknowledged",
+        Ok([u64::MAX, 0]),
+        exchange(&mut front, [u64::MAX, 0]),
+    );
+    // dom0 unmaps, then notifies: until then the revoke is refused.
+    let mut busy = 0u32;
+    let revoked = loop {
+        match p.end_access(ring_gref) {
+            Err(Errno::EBUSY) if busy < 1000 => {
+                busy += 1;
+                let _ = events::wait_any(&[port]);
+            }
+            r => break r,
+        }
+    };
+    c.check_eq("ring revoked once dom0 unmapped it", Ok(()), revoked);
+    c.check_eq("data page revoked", Ok(()), p.end_access(data_gref));
+    p.free_page(pv_guest_kernel::pv_drivers::platform::OwnPage {
+        page: front.into_page(),
+        frame: ring_frame,
+    });
+    p.free_page(data);
+    c.finish()
 }

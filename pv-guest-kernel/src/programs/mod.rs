@@ -143,6 +143,11 @@ pub static PROGRAMS: &[Program] = &[
         run: grant::self_test,
     },
     Program {
+        name: "ring-front",
+        about: "frontend of a typed ring shared with dom0 (test=ring-backend) through grants",
+        run: grant::front,
+    },
+    Program {
         name: "heap",
         about: "alloc through the kernel heap: Box, Vec, BTreeMap, accounting, reuse; oom=1 panics",
         run: heap::run,
@@ -422,7 +427,7 @@ mod tests {
         // A client whose server never allocates the port gives up, after retrying.
         let out = run_test("test=pingpong role=client peer=0 rounds=3");
         assert_eq!(out.results().len(), 1, "{}", out.console);
-        assert!(out.results()[0].starts_with("Test result: FAILURE (bind to d0 port 1: EINVAL"));
+        assert!(out.results()[0].starts_with("Test result: FAILURE (bind to d0 port 3: EINVAL"));
         assert_eq!(out.yields, 2000);
     }
 
