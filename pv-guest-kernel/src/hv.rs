@@ -181,6 +181,27 @@ impl Path {
         Errno::from_ret(ret).map(|n| n as usize)
     }
 
+    /// `console_io(Read)` (dom0 only): reads up to `buf.len()` (at most 256 per call) bytes
+    /// of console input the hypervisor buffered; `Ok(0)` when there is none (bind
+    /// `VIRQ_CONSOLE` to hear of more).
+    pub fn console_read(self, buf: &mut [u8]) -> Result<usize, Errno> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let len = buf.len().min(CONSOLE_IO_MAX as usize);
+        let args = [
+            ConsoleIoCmd::Read as u64,
+            len as u64,
+            buf.as_mut_ptr() as u64,
+            0,
+            0,
+        ];
+        // SAFETY: the hypervisor writes at most `len <= buf.len()` bytes to `buf`, a live
+        // exclusive byte slice.
+        let ret = unsafe { self.call(HypercallNr::ConsoleIo as u64, args) };
+        Errno::from_ret(ret).map(|n| (n as usize).min(len))
+    }
+
     /// `xen_version(cmd, buf)`, returning the raw value. `buf` must be large enough for
     /// what `cmd` writes (16 bytes for `ExtraVersion`, 8 for `GetFeatures`, whose first 4
     /// bytes are the caller's `submap_idx`); it is not passed for `Version` and `PageSize`.
@@ -332,6 +353,11 @@ pub unsafe fn raw(nr: u64, args: [u64; 5]) -> i64 {
 /// [`Path::console_write`] on the default path.
 pub fn console_write(buf: &[u8]) -> Result<usize, Errno> {
     default_path().console_write(buf)
+}
+
+/// [`Path::console_read`] on the default path.
+pub fn console_read(buf: &mut [u8]) -> Result<usize, Errno> {
+    default_path().console_read(buf)
 }
 
 /// [`Path::xen_version`] on the default path.

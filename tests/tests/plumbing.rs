@@ -62,3 +62,22 @@ fn dom0_finds_domus_maps_their_store_pages_and_serves_rings_over_grants() {
         .assert_contains("[hv] free frames back to the boot baseline")
         .expect(!o.serial.contains("FAIL:"), "no failed check");
 }
+
+#[test]
+fn dom0_reads_console_input() {
+    let long = "x".repeat(100);
+    let o = Scenario::new("plumb-console-input")
+        .dom0("test=console-echo lines=4")
+        .input_after(
+            "[d0] dom0: console input: ready",
+            format!("hello\nworld 42\n{long}\nquit\n"),
+        )
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_contains("[d0] dom0: read: hello\n")
+        .assert_contains("[d0] dom0: read: world 42\n")
+        .assert_contains(&format!("[d0] dom0: read: {long}\n"))
+        .assert_contains("[d0] dom0: read: quit\n")
+        .assert_contains("[d0] dom0: 4 lines, 121 bytes");
+}

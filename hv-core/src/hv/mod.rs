@@ -151,6 +151,7 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     wallclock_sec: u64,
     modules: [ModuleInfo; MAX_MODULES],
     nr_modules: usize,
+    console_in: crate::console::InputRing,
 }
 
 /// Page-type operations over the hypervisor's frames and memory, borrowing only those
@@ -206,6 +207,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             wallclock_sec: 0,
             modules: [ModuleInfo::EMPTY; MAX_MODULES],
             nr_modules: 0,
+            console_in: Default::default(),
         })
     }
 
@@ -296,6 +298,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// `regs` holds the interrupted guest's registers (ignored if none was running).
     pub fn tick(&mut self, regs: &mut VcpuRegs) -> Next {
         self.time_stale = true;
+        self.poll_console_input();
         self.after_event(regs)
     }
 
@@ -542,6 +545,40 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         })
     }
 
+    /// Drains the console's input (the UART FIFO) into [`crate::console::InputRing`]
+    /// while there is room (beyond that the bytes stay in the UART: back-pressure, not
+    /// loss) and raises VIRQ_CONSOLE in dom0 if anything arrived. Called on every timer
+    /// tick (and idle wake-up) and by `CONSOLEIO_read`. Returns the bytes taken.
+    pub(super) fn poll_console_input(&mut self) -> usize {
+        let mut got = 0;
+        loop {
+            let mut tmp = [0u8; 64];
+            let want = self.console_in.room().min(tmp.len());
+            if want == 0 {
+                break;
+            }
+            let n = self.console.read_input(&mut tmp[..want]);
+            if n == 0 {
+                break;
+            }
+            got += self.console_in.push(&tmp[..n]);
+        }
+        if got > 0 {
+            if let Some(d0) = self.live_slot(DomId::DOM0) {
+                self.send_virq(d0, abi::event_channel::VIRQ_CONSOLE);
+            }
+        }
+        got
+    }
+
+    /// True if dom0 is alive and waits for console input (bound VIRQ_CONSOLE): the idle
+    /// loop must then keep polling the UART instead of declaring a deadlock.
+    pub(super) fn dom0_listens_to_console(&self) -> bool {
+        self.live_slot(DomId::DOM0)
+            .and_then(|i| self.domains[i].as_ref())
+            .is_some_and(|d| d.ports.virq_port[abi::event_channel::VIRQ_CONSOLE as usize] != 0)
+    }
+
     /// Raises VIRQ_DOM_EXC in dom0 (if it is alive and bound it).
     fn notify_dom_exc(&mut self) {
         if let Some(d0) = self.live_slot(DomId::DOM0) {
@@ -745,7 +782,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 let want = (len as usize).min(tmp.len());
                 // Validate the destination before consuming input.
                 GuestMem::new(&mut self.mem, l4).write(buf, &tmp[..want])?;
-                let n = self.console.read_input(&mut tmp[..want]);
+                self.poll_console_input();
+                let n = self.console_in.pop(&mut tmp[..want]);
                 GuestMem::new(&mut self.mem, l4).write(buf, &tmp[..n])?;
                 Ok(n as u64)
             }

@@ -281,3 +281,110 @@ fn a_domu_cannot_bind_vir_dom_exc_and_rebuilds_get_fresh_rings() {
             .collect();
     t.hv.audit_all(&bases);
 }
+
+#[test]
+fn console_input_is_buffered_for_dom0_with_virq_console() {
+    use abi::event_channel::VIRQ_CONSOLE;
+    let mut t = T::new();
+    let s = t.scratch;
+    let b = EvtchnBindVirq {
+        virq: VIRQ_CONSOLE,
+        vcpu: 0,
+        port: 0,
+    };
+    t.poke(s, b.as_bytes());
+    assert_eq!(t.call(32, [1, s, 0, 0, 0]), 0);
+    let port = EvtchnBindVirq::from_bytes(&t.peek(s, 12)).unwrap().port;
+    let si = t.hv.domain(DomId(0)).unwrap().shared_info;
+    // Bytes arrive on the UART; the next tick drains them and raises VIRQ_CONSOLE.
+    t.hv.console.input.extend(b"ls -l\n");
+    assert!(!crate::evtchn::is_pending(&t.hv.mem, si, port));
+    t.hv.tick(&mut t.regs);
+    assert!(t.hv.console.input.is_empty(), "drained from the UART");
+    assert!(
+        crate::evtchn::is_pending(&t.hv.mem, si, port),
+        "VIRQ_CONSOLE"
+    );
+    crate::evtchn::clear_pending(&mut t.hv.mem, si, port);
+    // dom0 reads them, in order, across two reads.
+    t.yield_to(DomId(0));
+    assert_eq!(t.call(18, [1, 4, s + 100, 0, 0]), 4);
+    assert_eq!(t.peek(s + 100, 4), b"ls -");
+    assert_eq!(t.call(18, [1, 100, s + 100, 0, 0]), 2);
+    assert_eq!(t.peek(s + 100, 2), b"l\n");
+    assert_eq!(t.call(18, [1, 100, s + 100, 0, 0]), 0, "nothing left");
+    assert!(
+        !crate::evtchn::is_pending(&t.hv.mem, si, port),
+        "no input, no event"
+    );
+    // A bad buffer consumes nothing.
+    t.hv.console.input.extend(b"abc");
+    assert_eq!(t.call(18, [1, 3, 0x1000, 0, 0]), Errno::EFAULT.to_ret());
+    assert_eq!(t.call(18, [1, 3, s + 100, 0, 0]), 3);
+    assert_eq!(t.peek(s + 100, 3), b"abc");
+    // More than the buffer holds waits in the UART (back-pressure, not loss).
+    let big = vec![b'z'; crate::console::INPUT_CAPACITY + 100];
+    t.hv.console.input.extend(&big);
+    t.hv.tick(&mut t.regs);
+    assert_eq!(t.hv.console.input.len(), 100);
+    t.yield_to(DomId(0));
+    let mut total = 0;
+    loop {
+        let n = t.call(18, [1, 256, s + 100, 0, 0]);
+        assert!(n >= 0);
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total as usize, big.len());
+    // A domU may not read console input.
+    t.hv.console.input.extend(b"secret");
+    t.yield_to(DomId(1));
+    assert_eq!(t.call(18, [1, 6, s + 100, 0, 0]), Errno::EPERM.to_ret());
+}
+
+#[test]
+fn dom0_waiting_for_console_input_is_not_a_deadlock() {
+    let mut t = T::new();
+    let s = t.scratch;
+    let b = EvtchnBindVirq {
+        virq: abi::event_channel::VIRQ_CONSOLE,
+        vcpu: 0,
+        port: 0,
+    };
+    t.poke(s, b.as_bytes());
+    assert_eq!(t.call(32, [1, s, 0, 0, 0]), 0);
+    // The domUs power off; dom0 blocks with no timer.
+    for id in [DomId(1), DomId(2)] {
+        t.yield_to(id);
+        t.poke(s, SchedShutdown { reason: 0 }.as_bytes());
+        t.call(29, [2, s, 0, 0, 0]);
+    }
+    t.yield_to(DomId(0));
+    let r = &mut t.regs;
+    r.rax = 29;
+    (r.rdi, r.rsi) = (1, 0);
+    let next = t.hv.hypercall(&mut t.regs);
+    let now = t.hv.now();
+    assert_eq!(
+        next,
+        Next::Idle {
+            deadline: Some(now + super::vcpu::CONSOLE_POLL_NS)
+        }
+    );
+    assert!(!t.hv.console.out.contains("deadlock"));
+    // Input wakes it.
+    t.hv.console.input.extend(b"q");
+    let next = t.hv.tick(&mut t.regs);
+    assert!(
+        matches!(
+            next,
+            Next::Run {
+                domid: DomId(0),
+                ..
+            }
+        ),
+        "{next:?}"
+    );
+}
