@@ -33,6 +33,10 @@ pub const VIRQ_TIMER: u32 = 0;
 pub const VIRQ_DEBUG: u32 = 1;
 /// Console input is available (dom0).
 pub const VIRQ_CONSOLE: u32 = 2;
+/// A domain was created, shut down, crashed or was rebuilt (Xen's `VIRQ_DOM_EXC`): sent
+/// to the control domain, the only one that may bind it, so its xenstored can
+/// introduce and release domains (it then enumerates with `domain_info`).
+pub const VIRQ_DOM_EXC: u32 = 3;
 /// Number of virtual IRQs.
 pub const NR_VIRQS: u32 = 24;
 

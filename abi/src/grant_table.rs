@@ -165,3 +165,74 @@ pub struct GnttabCopy {
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<GnttabCopy>() == 40);
+
+/// Grant ref of the console ring page the domain builder grants to dom0 (Xen's
+/// `GNTTAB_RESERVED_CONSOLE`).
+pub const GNTTAB_RESERVED_CONSOLE: u32 = 0;
+/// Grant ref of the xenstore ring page the domain builder grants to dom0 (Xen's
+/// `GNTTAB_RESERVED_XENSTORE`).
+pub const GNTTAB_RESERVED_XENSTORE: u32 = 1;
+/// Refs below this are reserved for the toolstack (Xen's `GNTTAB_NR_RESERVED_ENTRIES`):
+/// a guest's own allocator starts here.
+pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
+/// v1 entries per table frame.
+pub const GRANT_ENTRIES_PER_FRAME: u32 = 512;
+
+/// `GNTST_okay`.
+pub const GNTST_OKAY: i16 = 0;
+/// `GNTST_general_error`.
+pub const GNTST_GENERAL_ERROR: i16 = -1;
+/// `GNTST_bad_domain`.
+pub const GNTST_BAD_DOMAIN: i16 = -2;
+/// `GNTST_bad_gntref`.
+pub const GNTST_BAD_GNTREF: i16 = -3;
+/// `GNTST_bad_handle`.
+pub const GNTST_BAD_HANDLE: i16 = -4;
+/// `GNTST_bad_virt_addr`.
+pub const GNTST_BAD_VIRT_ADDR: i16 = -5;
+/// `GNTST_permission_denied`.
+pub const GNTST_PERMISSION_DENIED: i16 = -8;
+/// `GNTST_bad_page`.
+pub const GNTST_BAD_PAGE: i16 = -9;
+/// `GNTST_bad_copy_arg`.
+pub const GNTST_BAD_COPY_ARG: i16 = -10;
+/// `GNTST_eagain`.
+pub const GNTST_EAGAIN: i16 = -12;
+/// `GNTST_no_space` (out of maptrack handles).
+pub const GNTST_NO_SPACE: i16 = -13;
+
+/// The errno a kernel reports for a failed grant operation's `GNTST_*` status (`Ok` for
+/// `GNTST_okay`): bad domain `ESRCH`, bad ref `EINVAL`, bad handle `EBADF`, bad virtual
+/// address `EFAULT`, permission denied / bad page `EPERM`, no space `ENOSPC`, eagain
+/// `EAGAIN`, anything else `EIO`.
+pub const fn gntst_result(status: i16) -> Result<(), crate::Errno> {
+    use crate::Errno;
+    Err(match status {
+        GNTST_OKAY => return Ok(()),
+        GNTST_BAD_DOMAIN => Errno::ESRCH,
+        GNTST_BAD_GNTREF | GNTST_BAD_COPY_ARG => Errno::EINVAL,
+        GNTST_BAD_HANDLE => Errno::EBADF,
+        GNTST_BAD_VIRT_ADDR => Errno::EFAULT,
+        GNTST_PERMISSION_DENIED | GNTST_BAD_PAGE => Errno::EPERM,
+        GNTST_NO_SPACE => Errno::ENOSPC,
+        GNTST_EAGAIN => Errno::EAGAIN,
+        _ => Errno::EIO,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Errno;
+
+    #[test]
+    fn status_to_errno() {
+        assert_eq!(gntst_result(GNTST_OKAY), Ok(()));
+        assert_eq!(gntst_result(GNTST_BAD_DOMAIN), Err(Errno::ESRCH));
+        assert_eq!(gntst_result(GNTST_BAD_GNTREF), Err(Errno::EINVAL));
+        assert_eq!(gntst_result(GNTST_PERMISSION_DENIED), Err(Errno::EPERM));
+        assert_eq!(gntst_result(GNTST_GENERAL_ERROR), Err(Errno::EIO));
+        assert_eq!(gntst_result(i16::MIN), Err(Errno::EIO));
+        assert_eq!(gntst_result(5), Err(Errno::EIO));
+    }
+}

@@ -79,6 +79,12 @@ pub enum HypercallNr {
     /// `sysretq`): the floor a hypercall's ring round trip cannot go below. Through
     /// `int 0x82` it takes the ordinary path (and also returns 0).
     BenchNull = 55,
+    /// Project extension (`__HYPERVISOR_arch_1`, a subset of Xen's
+    /// `XEN_DOMCTL_getdomaininfo`): `domain_info(first_domid, &mut DomainInfo)` fills
+    /// [`DomainInfo`] for the domain with the lowest id `>= first_domid`, so the control
+    /// domain can enumerate domains. Privileged only (`EPERM`); `ESRCH` when there is
+    /// none; `EINVAL` for an id beyond 16 bits; `EFAULT` for a bad buffer.
+    DomainInfo = 49,
 }
 
 /// Length of the instruction at a domain's reference `#GP` rip: the hypervisor skips
@@ -90,7 +96,7 @@ pub const BENCH_GP_REF_LEN: u64 = 1;
 
 impl HypercallNr {
     /// Every defined number.
-    pub const ALL: [HypercallNr; 25] = [
+    pub const ALL: [HypercallNr; 26] = [
         HypercallNr::SetTrapTable,
         HypercallNr::MmuUpdate,
         HypercallNr::SetGdt,
@@ -116,6 +122,7 @@ impl HypercallNr {
         HypercallNr::DomainId,
         HypercallNr::BenchGpRef,
         HypercallNr::BenchNull,
+        HypercallNr::DomainInfo,
     ];
 }
 
@@ -327,7 +334,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_are_enosys() {
-        for v in [11u64, 31, 47, 49, 1000, u64::MAX, 1 << 32 | 17] {
+        for v in [11u64, 31, 47, 56, 1000, u64::MAX, 1 << 32 | 17] {
             assert_eq!(HypercallNr::try_from(v), Err(Errno::ENOSYS), "{v}");
         }
     }
@@ -342,3 +349,54 @@ mod tests {
         assert_eq!(XenVersionCmd::try_from(6), Ok(XenVersionCmd::GetFeatures));
     }
 }
+
+/// [`DomainInfo::state`]: the domain runs (or can run).
+pub const DOMINFO_RUNNING: u8 = 0;
+/// [`DomainInfo::state`]: it shut down cleanly (reason in `shutdown_reason`).
+pub const DOMINFO_SHUTDOWN: u8 = 1;
+/// [`DomainInfo::state`]: it crashed (asked to, or was killed after a fault).
+pub const DOMINFO_CRASHED: u8 = 2;
+/// [`DomainInfo::flags`]: the domain is privileged (dom0).
+pub const DOMINFO_PRIVILEGED: u32 = 1;
+
+/// What `domain_info` reports about one domain (56 bytes): its state and the xenstore
+/// and console rings the domain builder set up for it (Xen's `start_info` fields plus the
+/// reserved grant refs). A domU's store and console pages are granted to dom0 at
+/// [`crate::grant_table::GNTTAB_RESERVED_XENSTORE`] / `GNTTAB_RESERVED_CONSOLE`, and
+/// its store and console ports are unbound with remote dom0; `store_mfn == 0` means the
+/// domain has none (dom0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// The domain's id.
+    pub domid: u16,
+    /// `DOMINFO_RUNNING`, `DOMINFO_SHUTDOWN` or `DOMINFO_CRASHED`.
+    pub state: u8,
+    /// For `DOMINFO_SHUTDOWN`: the [`ShutdownReason`] it gave.
+    pub shutdown_reason: u8,
+    /// `DOMINFO_*` flags.
+    pub flags: u32,
+    /// Pages it owns now.
+    pub tot_pages: u64,
+    /// Machine frame of its xenstore page (0: none).
+    pub store_mfn: u64,
+    /// Machine frame of its console page (0: none).
+    pub console_mfn: u64,
+    /// Its xenstore event-channel port (unbound for dom0 to bind; 0: none).
+    pub store_port: u32,
+    /// Its console event-channel port (0: none).
+    pub console_port: u32,
+    /// Grant ref of the store page (`GNTTAB_RESERVED_XENSTORE`, when there is one).
+    pub store_gref: u32,
+    /// Grant ref of the console page (`GNTTAB_RESERVED_CONSOLE`, when there is one).
+    pub console_gref: u32,
+    /// How often this domain id was rebuilt (`max_restarts`): a new generation has new
+    /// pages and ports.
+    pub generation: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DomainInfo>() == 56);
+const _: () = assert!(core::mem::offset_of!(DomainInfo, tot_pages) == 8);
+const _: () = assert!(core::mem::offset_of!(DomainInfo, store_port) == 32);
+const _: () = assert!(core::mem::offset_of!(DomainInfo, generation) == 48);

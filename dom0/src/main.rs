@@ -3,9 +3,17 @@
 //! For now it reports what the hypervisor gave it (one item per line), checks that it is
 //! really dom0 (XTF-style `Test result:` line), yields `yields=N` times (default 50) so
 //! other domains can run, then, with `sleep_ms=N`, sleeps (blocked, costing no CPU) for
-//! N ms of system time, and powers off (crash if the check failed). Real-device
+//! N ms of system time, and powers off (crash if the check failed). With
+//! `test=ring-backend` it instead serves the domUs' `ring-front` test programs over
+//! grants and event channels (see `backend`); with `test=console-echo` it echoes lines
+//! typed on the serial console (see `console_echo`). Real-device
 //! drivers, backends, xenstore and the toolstack come later.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+
+extern crate alloc;
+
+mod backend;
+mod console_echo;
 
 use pv_guest_kernel::abi::hypercall::ShutdownReason;
 use pv_guest_kernel::abi::start_info::{cstr, StartInfo, SIF_INITDOMAIN, SIF_PRIVILEGED};
@@ -32,6 +40,11 @@ fn yes_no(b: bool) -> &'static str {
 
 fn dom0_main(si: &'static StartInfo) -> ! {
     let cmdline = Cmdline::new(si.cmdline());
+    match cmdline.get("test") {
+        Some("ring-backend") => backend::run(si, cmdline.u64_or("maps", 100)),
+        Some("console-echo") => console_echo::run(cmdline.u64_or("lines", 3)),
+        _ => {}
+    }
     let domid = hv::domain_id();
 
     println!("dom0: what the hypervisor gave us");

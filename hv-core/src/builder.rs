@@ -7,6 +7,8 @@
 //! pfn 0 ..            kernel image (PT_LOAD segments; bss zeroed)
 //!     p2m_start ..    P2M list: nr_pages u64 machine frame numbers
 //!     si_pfn          start_info page (rsi at entry)
+//!     store_pfn       xenstore ring page (domUs: start_info.store_mfn; zeroed)
+//!     console_pfn     console ring page (domUs: start_info.console_mfn; zeroed)
 //!     pt_start ..     bootstrap page tables: L4 first, then L3/L2/L1 (mapped READ-ONLY)
 //!     stack ..        bootstrap stack, 8 pages (rsp at entry = its top)
 //!     first_free ..   the rest of the domain's memory, mapped RW, zeroed
@@ -95,6 +97,12 @@ pub struct Built {
     pub stack_top: u64,
     /// start_info virtual address (rsi).
     pub start_info_va: u64,
+    /// start_info machine frame (the hypervisor fills in the ring ports after the build).
+    pub start_info_mfn: Mfn,
+    /// The xenstore ring page (domUs; dom0's start_info names none).
+    pub store_mfn: Mfn,
+    /// The console ring page (domUs; dom0's start_info names none).
+    pub console_mfn: Mfn,
     /// Layout, for logs and tests.
     pub layout: Layout,
 }
@@ -110,6 +118,10 @@ pub struct Layout {
     pub p2m_pages: u64,
     /// start_info pfn.
     pub si_pfn: u64,
+    /// xenstore ring pfn.
+    pub store_pfn: u64,
+    /// console ring pfn.
+    pub console_pfn: u64,
     /// First page-table pfn (the L4).
     pub pt_start: u64,
     /// Page-table pages reserved.
@@ -214,7 +226,9 @@ pub fn layout(image_pages: u64, nr_pages: u64) -> Result<Layout, BuildError> {
     let p2m_pages = (nr_pages * 8).div_ceil(PAGE_SIZE as u64);
     let p2m_start = image_pages;
     let si_pfn = p2m_start + p2m_pages;
-    let pt_start = si_pfn + 1;
+    let store_pfn = si_pfn + 1;
+    let console_pfn = si_pfn + 2;
+    let pt_start = si_pfn + 3;
     // L4 + L3 + L2s + L1s for the main mapping, + L3/L2/L1 budget for shared_info.
     let nr_pt = 1 + 1 + nr_pages.div_ceil(512 * 512) + nr_pages.div_ceil(512) + 2;
     let stack_start = pt_start + nr_pt;
@@ -227,6 +241,8 @@ pub fn layout(image_pages: u64, nr_pages: u64) -> Result<Layout, BuildError> {
         p2m_start,
         p2m_pages,
         si_pfn,
+        store_pfn,
+        console_pfn,
         pt_start,
         nr_pt,
         stack_start,
@@ -372,6 +388,15 @@ pub fn build_domain(
     si.domid = spec.domid;
     si.shared_info_va = SHARED_INFO_VA;
     si.first_free_va = va_of(lay.first_free);
+    // Xen's domain builder gives every domU a xenstore and a console page in its own
+    // memory (zeroed, like all of it); the hypervisor grants them to dom0 and fills in
+    // the ports. dom0 has none: it serves xenstore.
+    let store_mfn = lookup(&mut |a| mem.read_u64(a), lay.store_pfn)?;
+    let console_mfn = lookup(&mut |a| mem.read_u64(a), lay.console_pfn)?;
+    if !spec.privileged {
+        si.store_mfn = store_mfn;
+        si.console_mfn = console_mfn;
+    }
     let nmods = spec.modules.len().min(start_info::MAX_MODULES);
     si.nr_modules = nmods as u32;
     si.modules[..nmods].copy_from_slice(&spec.modules[..nmods]);
@@ -404,6 +429,9 @@ pub fn build_domain(
         entry,
         stack_top: va_of(lay.stack_start + BOOT_STACK_PAGES),
         start_info_va: va_of(lay.si_pfn),
+        start_info_mfn: si_mfn,
+        store_mfn,
+        console_mfn,
         layout: lay,
     })
 }
@@ -517,6 +545,22 @@ mod tests {
         assert_eq!(si.cmdline(), "test=hello");
         assert!(!si.is_privileged());
         assert_eq!(si.shared_info, b.shared_info.maddr());
+        // A domU's store and console pages: its own, distinct, in its memory, mapped
+        // writable at their start-of-day addresses and zeroed.
+        assert_eq!(si.store_mfn, b.store_mfn);
+        assert_eq!(si.console_mfn, b.console_mfn);
+        assert_ne!(b.store_mfn, b.console_mfn);
+        for (pfn, mfn) in [
+            (b.layout.store_pfn, b.store_mfn),
+            (b.layout.console_pfn, b.console_mfn),
+        ] {
+            let va = GUEST_VIRT_BASE + pfn * 4096;
+            assert_eq!(translate(&mem, b.l4, va, Access::Write), Ok(mfn.maddr()));
+            let mut page = vec![1u8; 4096];
+            assert!(mem.read(mfn.maddr(), &mut page));
+            assert!(page.iter().all(|&x| x == 0));
+        }
+        assert_eq!(si.store_evtchn, 0, "the hypervisor fills in the ports");
         // Page tables are mapped, read-only.
         assert!(translate(&mem, b.l4, si.pt_base, Access::Read).is_ok());
         assert_eq!(

@@ -70,6 +70,76 @@ impl LineBuffer {
     }
 }
 
+/// Bytes of console input the hypervisor keeps for dom0.
+pub const INPUT_CAPACITY: usize = 4096;
+
+/// Console input received on the serial port and not yet read by dom0
+/// (`CONSOLEIO_read`): a FIFO of [`INPUT_CAPACITY`] bytes. When it is full, new bytes are
+/// dropped and counted (the UART's own FIFO is only 16 bytes, so the hypervisor drains
+/// it into this buffer on every timer tick).
+pub struct InputRing {
+    buf: [u8; INPUT_CAPACITY],
+    head: usize,
+    len: usize,
+    dropped: u64,
+}
+
+impl Default for InputRing {
+    fn default() -> Self {
+        InputRing {
+            buf: [0; INPUT_CAPACITY],
+            head: 0,
+            len: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl InputRing {
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Room left.
+    pub fn room(&self) -> usize {
+        INPUT_CAPACITY - self.len
+    }
+
+    /// Bytes dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Appends `bytes`; those that do not fit are dropped (and counted). Returns how
+    /// many were kept.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let keep = bytes.len().min(self.room());
+        for &b in &bytes[..keep] {
+            self.buf[(self.head + self.len) % INPUT_CAPACITY] = b;
+            self.len += 1;
+        }
+        self.dropped += (bytes.len() - keep) as u64;
+        keep
+    }
+
+    /// Takes up to `out.len()` bytes, oldest first; returns how many.
+    pub fn pop(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len);
+        for o in &mut out[..n] {
+            *o = self.buf[self.head];
+            self.head = (self.head + 1) % INPUT_CAPACITY;
+            self.len -= 1;
+        }
+        n
+    }
+}
+
 /// Writes `[prefix] line\n` to `sink`, replacing invalid UTF-8.
 pub fn emit_line(sink: &mut dyn Write, prefix: core::fmt::Arguments<'_>, line: &[u8]) {
     let _ = sink.write_str("[");
@@ -122,6 +192,28 @@ impl ConsoleSink for StringConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_ring_is_a_bounded_fifo() {
+        let mut r = InputRing::default();
+        assert_eq!(r.pop(&mut [0; 4]), 0);
+        assert_eq!(r.push(b"hello"), 5);
+        let mut out = [0u8; 3];
+        assert_eq!(r.pop(&mut out), 3);
+        assert_eq!(&out, b"hel");
+        // Wrap around the end of the buffer, then overflow.
+        let big = vec![7u8; INPUT_CAPACITY];
+        assert_eq!(r.push(&big), INPUT_CAPACITY - 2);
+        assert_eq!(r.dropped(), 2);
+        assert_eq!(r.room(), 0);
+        assert_eq!(r.push(b"x"), 0);
+        assert_eq!(r.dropped(), 3);
+        let mut all = vec![0u8; INPUT_CAPACITY + 10];
+        assert_eq!(r.pop(&mut all), INPUT_CAPACITY);
+        assert_eq!(&all[..2], b"lo");
+        assert!(all[2..INPUT_CAPACITY].iter().all(|&b| b == 7));
+        assert!(r.is_empty());
+    }
 
     fn lines(chunks: &[&[u8]], sanitise: bool) -> Vec<String> {
         let mut lb = LineBuffer::default();

@@ -78,6 +78,21 @@ pub enum DomainState {
     Dead(Ending),
 }
 
+/// The xenstore and console rings the domain builder set up for a domU (Xen's
+/// `start_info` store/console fields): pages in the domU's memory, granted to dom0 at the
+/// reserved refs, and ports unbound for dom0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootRings {
+    /// The xenstore page.
+    pub store_mfn: Mfn,
+    /// The xenstore port (in the domU).
+    pub store_port: u32,
+    /// The console page.
+    pub console_mfn: Mfn,
+    /// The console port (in the domU).
+    pub console_port: u32,
+}
+
 /// One domain.
 pub struct Domain {
     /// Its id.
@@ -133,6 +148,10 @@ pub struct Domain {
     /// The virtual COM1's line-control register: with its DLAB bit (7) set, port 0x3f8
     /// is the divisor latch, not the transmitter (a UART driver's init writes it).
     pub uart_lcr: u8,
+    /// Its xenstore and console rings (domUs whose set-up succeeded).
+    pub rings: Option<BootRings>,
+    /// How often this domain id was rebuilt (`max_restarts`).
+    pub generation: u32,
 }
 
 /// What a vCPU is waiting for.

@@ -21,7 +21,7 @@ use abi::mm::{
     XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION,
     XENMEM_POPULATE_PHYSMAP,
 };
-use abi::{Errno, HypercallNr};
+use abi::{DomId, Errno, HypercallNr};
 
 /// Most elements one `grant_table_op` may carry (`E2BIG` beyond).
 pub const GNTTAB_BATCH_MAX: u64 = 512;
@@ -72,6 +72,13 @@ pub enum Hypercall {
     BenchGpRef {
         /// Guest rip of a one-byte privileged instruction, or 0.
         rip: u64,
+    },
+    /// `domain_info(first, buf)` (privileged; project extension).
+    DomainInfo {
+        /// Report the domain with the lowest id `>= first`.
+        first: DomId,
+        /// Guest pointer to a `DomainInfo`.
+        buf: u64,
     },
     /// `mmu_update(reqs, count, done, foreigndom)`, `count <= MMU_BATCH_MAX`.
     MmuUpdate {
@@ -206,6 +213,10 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
         HypercallNr::DomainId => Ok(Hypercall::DomainId),
         HypercallNr::BenchNull => Ok(Hypercall::BenchNull),
         HypercallNr::BenchGpRef => Ok(Hypercall::BenchGpRef { rip: a[0] }),
+        HypercallNr::DomainInfo => Ok(Hypercall::DomainInfo {
+            first: DomId(u16::try_from(a[0]).map_err(|_| Errno::EINVAL)?),
+            buf: a[1],
+        }),
         HypercallNr::MmuUpdate | HypercallNr::MmuextOp => {
             if a[1] > MMU_BATCH_MAX {
                 return Err(Errno::E2BIG);
@@ -318,11 +329,19 @@ mod tests {
             decode(54, [0x1234, 0, 0, 0, 0]),
             Ok(Hypercall::BenchGpRef { rip: 0x1234 })
         );
+        assert_eq!(
+            decode(49, [3, 0x1000, 0, 0, 0]),
+            Ok(Hypercall::DomainInfo {
+                first: DomId(3),
+                buf: 0x1000
+            })
+        );
+        assert_eq!(decode(49, [0x1_0000, 0x1000, 0, 0, 0]), Err(Errno::EINVAL));
     }
 
     #[test]
     fn unknown_and_unimplemented_are_enosys() {
-        for nr in [11, 31, 47, 49, 1000, u64::MAX, 2, 36] {
+        for nr in [11, 31, 47, 56, 1000, u64::MAX, 2, 36] {
             assert_eq!(decode(nr, [0; 5]), Err(Errno::ENOSYS), "nr {nr}");
         }
     }

@@ -408,9 +408,27 @@ pub fn audit(
     mem: &impl MachineMemory,
     bases: &[Mfn],
 ) -> Result<(), AuditError> {
+    audit_with(frames, mem, bases, &Default::default())
+}
+
+/// [`audit`] plus references held outside page tables, as `mfn -> (type refs, general
+/// refs)` (what [`crate::grant::audit`] returns for grant tables and mappings).
+#[cfg(not(target_os = "none"))]
+pub fn audit_with(
+    frames: &FrameTable<'_>,
+    mem: &impl MachineMemory,
+    bases: &[Mfn],
+    extra: &std::collections::BTreeMap<Mfn, (u32, u32)>,
+) -> Result<(), AuditError> {
     let n = frames.len();
     let mut tc = std::vec![0u32; n];
     let mut rc = std::vec![0u32; n];
+    for (m, &(t, r)) in extra {
+        if let (Some(x), Some(y)) = (tc.get_mut(m.0 as usize), rc.get_mut(m.0 as usize)) {
+            *x += t;
+            *y += r;
+        }
+    }
     let mut expect_type = std::vec![None::<PageType>; n];
     let bump = |v: &mut [u32], m: Mfn| {
         if let Some(x) = v.get_mut(m.0 as usize) {

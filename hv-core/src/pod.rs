@@ -58,6 +58,8 @@ unsafe impl Pod for abi::grant_table::GnttabQuerySize {}
 unsafe impl Pod for abi::grant_table::GnttabCopy {}
 // SAFETY: repr(C) {u64, u64}: no padding, integers.
 unsafe impl Pod for MmuUpdate {}
+// SAFETY: #[repr(C)], integers only, no padding (56 bytes asserted in abi, _pad explicit).
+unsafe impl Pod for abi::hypercall::DomainInfo {}
 // SAFETY: repr(C) {u32, u32, u64, u64} (explicit pad field): no padding, integers.
 unsafe impl Pod for MmuextOp {}
 // SAFETY: repr(C) {u64, u64, u32, u32, u16, [u16; 3]} = 32 bytes (asserted in abi): no

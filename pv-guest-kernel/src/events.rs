@@ -240,6 +240,50 @@ pub fn wait_for(mut cond: impl FnMut() -> bool) -> Result<(), Errno> {
     result
 }
 
+/// Ports whose [`note`] handler ran and that nobody has taken yet (one bit per port).
+static FIRED: [AtomicU64; EVTCHN_WORDS] = [const { AtomicU64::new(0) }; EVTCHN_WORDS];
+
+/// A [`PortHandler`] that only records the event, for driver loops that do their work
+/// outside upcall context: see [`take_fired`], [`wait_any`].
+pub fn note(port: u32) {
+    if let Some(w) = FIRED.get(port as usize / 64) {
+        w.fetch_or(1 << (port % 64), Ordering::SeqCst);
+    }
+}
+
+/// True (and forgotten) if `port` fired since it was last taken.
+pub fn take_fired(port: u32) -> bool {
+    FIRED.get(port as usize / 64).is_some_and(|w| {
+        let b = 1u64 << (port % 64);
+        w.fetch_and(!b, Ordering::SeqCst) & b != 0
+    })
+}
+
+/// True if `port` fired since it was last taken (without taking it).
+pub fn has_fired(port: u32) -> bool {
+    FIRED
+        .get(port as usize / 64)
+        .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (port % 64)) != 0)
+}
+
+/// The driver-loop wait: blocks until one of `ports` (bound with [`note`] as handler,
+/// e.g. through [`crate::drivers::PvPlatform`]) has fired, then takes and returns the
+/// lowest such port. Events that arrive before the call are not lost (they stay
+/// recorded). `EINVAL` for an empty set; errors of [`wait_for`] otherwise.
+pub fn wait_any(ports: &[u32]) -> Result<u32, Errno> {
+    if ports.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    let mut got = None;
+    wait_for(|| {
+        got = ports.iter().copied().filter(|&p| has_fired(p)).min();
+        got.is_some()
+    })?;
+    let port = got.ok_or(Errno::EINVAL)?;
+    take_fired(port);
+    Ok(port)
+}
+
 /// Masks `port` locally (its events stay pending, without upcalls).
 pub fn mask(port: u32) {
     if let Some(s) = SharedPage::get().filter(|_| port < EVTCHN_PORTS) {
@@ -375,6 +419,19 @@ mod tests {
     }
 
     fn nop(_port: u32) {}
+
+    #[test]
+    fn noted_events_are_taken_once() {
+        assert!(!take_fired(900));
+        note(900);
+        note(900);
+        assert!(has_fired(900));
+        assert!(take_fired(900));
+        assert!(!take_fired(900), "taken once");
+        note(u32::MAX); // out of range: ignored
+        assert!(!has_fired(u32::MAX));
+        assert_eq!(wait_any(&[]), Err(Errno::EINVAL));
+    }
 
     #[test]
     fn handler_table() {

@@ -20,9 +20,11 @@ use abi::{DomId, Errno, HypercallNr};
 pub use crate::hypercall::Path;
 
 mod evtchn;
+mod gnttab;
 mod mm;
 mod vcpu;
 pub use evtchn::*;
+pub use gnttab::*;
 pub use mm::*;
 pub use vcpu::*;
 
@@ -179,6 +181,27 @@ impl Path {
         Errno::from_ret(ret).map(|n| n as usize)
     }
 
+    /// `console_io(Read)` (dom0 only): reads up to `buf.len()` (at most 256 per call) bytes
+    /// of console input the hypervisor buffered; `Ok(0)` when there is none (bind
+    /// `VIRQ_CONSOLE` to hear of more).
+    pub fn console_read(self, buf: &mut [u8]) -> Result<usize, Errno> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let len = buf.len().min(CONSOLE_IO_MAX as usize);
+        let args = [
+            ConsoleIoCmd::Read as u64,
+            len as u64,
+            buf.as_mut_ptr() as u64,
+            0,
+            0,
+        ];
+        // SAFETY: the hypervisor writes at most `len <= buf.len()` bytes to `buf`, a live
+        // exclusive byte slice.
+        let ret = unsafe { self.call(HypercallNr::ConsoleIo as u64, args) };
+        Errno::from_ret(ret).map(|n| (n as usize).min(len))
+    }
+
     /// `xen_version(cmd, buf)`, returning the raw value. `buf` must be large enough for
     /// what `cmd` writes (16 bytes for `ExtraVersion`, 8 for `GetFeatures`, whose first 4
     /// bytes are the caller's `submap_idx`); it is not passed for `Version` and `PageSize`.
@@ -247,6 +270,25 @@ impl Path {
         decode_domid(unsafe { self.call(HypercallNr::DomainId as u64, [0; 5]) })
     }
 
+    /// The `DomainInfo` extension hypercall (privileged): the domain with the lowest id
+    /// `>= first`. `ESRCH` when there is none, `EPERM` unless privileged.
+    pub fn domain_info(self, first: DomId) -> Result<abi::hypercall::DomainInfo, Errno> {
+        let mut info = abi::hypercall::DomainInfo::default();
+        let args = [
+            u64::from(first.0),
+            &mut info as *mut abi::hypercall::DomainInfo as u64,
+            0,
+            0,
+            0,
+        ];
+        // SAFETY: the hypervisor writes one `DomainInfo` (plain integers) to `info`, a
+        // live local.
+        let ret = unsafe { self.call(HypercallNr::DomainInfo as u64, args) };
+        decode_unit(ret)?;
+        // SAFETY: `info` is live; volatile so the hypervisor's write is seen.
+        Ok(unsafe { (&info as *const abi::hypercall::DomainInfo).read_volatile() })
+    }
+
     /// `sched_op(Yield)`: gives up the CPU; the domain stays runnable.
     pub fn sched_yield(self) -> Result<(), Errno> {
         let args = [SchedOpCmd::Yield as u64, 0, 0, 0, 0];
@@ -313,6 +355,11 @@ pub fn console_write(buf: &[u8]) -> Result<usize, Errno> {
     default_path().console_write(buf)
 }
 
+/// [`Path::console_read`] on the default path.
+pub fn console_read(buf: &mut [u8]) -> Result<usize, Errno> {
+    default_path().console_read(buf)
+}
+
 /// [`Path::xen_version`] on the default path.
 pub fn xen_version(cmd: XenVersionCmd, buf: &mut [u8]) -> Result<u64, Errno> {
     default_path().xen_version(cmd, buf)
@@ -341,6 +388,31 @@ pub fn page_size() -> Result<u64, Errno> {
 /// [`Path::domain_id`] on the default path.
 pub fn domain_id() -> Result<DomId, Errno> {
     default_path().domain_id()
+}
+
+/// [`Path::domain_info`] on the default path.
+pub fn domain_info(first: DomId) -> Result<abi::hypercall::DomainInfo, Errno> {
+    default_path().domain_info(first)
+}
+
+/// Every domain (dom0 included), in id order, through [`domain_info`]: how the control
+/// domain enumerates domains. Stops at the first error other than the end (`ESRCH`).
+pub fn domains() -> impl Iterator<Item = Result<abi::hypercall::DomainInfo, Errno>> {
+    let mut next: Option<u32> = Some(0);
+    core::iter::from_fn(move || {
+        let first = u16::try_from(next?).ok()?;
+        match domain_info(DomId(first)) {
+            Ok(i) => {
+                next = Some(u32::from(i.domid) + 1);
+                Some(Ok(i))
+            }
+            Err(Errno::ESRCH) => None,
+            Err(e) => {
+                next = None;
+                Some(Err(e))
+            }
+        }
+    })
 }
 
 /// [`Path::sched_yield`] on the default path.

@@ -35,6 +35,8 @@
 //! - [`cmdline`]: `key=value` command lines;
 //! - [`mem`]: end of memory, the start-of-day map, the P2M list, a bump allocator over
 //!   free memory;
+//! - [`heap`]: the global allocator (`alloc` for kernels): [`heap::init`], `heap_kib=`,
+//!   or lazily 1 MiB on first use;
 //! - [`mm`]: page tables under the hypervisor's rules: the [`mm::Mmu`] platform trait
 //!   (PV implementation: [`mm::pv::PvMmu`]), a page allocator with ballooning
 //!   ([`mm::pv::PvFrames`]), address spaces ([`mm::AddressSpace`]), writable page tables
@@ -59,11 +61,17 @@
 //! hypercalls); [`mm`]'s portable parts are tested against a simulated MMU instead.
 #![cfg_attr(target_os = "none", no_std)]
 
+extern crate alloc;
+
 pub use abi;
+pub use pv_drivers;
 
 pub mod cmdline;
 pub mod console;
+pub mod drivers;
 pub mod events;
+pub mod grant;
+pub mod heap;
 #[cfg(not(target_os = "none"))]
 pub mod host;
 pub mod hv;

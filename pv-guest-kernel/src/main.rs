@@ -9,6 +9,8 @@
 //! `Test result: FAILURE (survived)`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
+extern crate alloc;
+
 mod programs;
 
 use pv_guest_kernel::abi::start_info::StartInfo;

@@ -70,6 +70,8 @@ pub unsafe fn start(si: *const StartInfo, main: KernelMain) -> ! {
     // writable and unused (on the host: the harness's buffer), and this runs once per
     // boot.
     unsafe { mem::init_scratch(free_start, free_end) };
+    // Before `main`, so the heap is carved out before a page allocator takes the rest.
+    crate::heap::init_from_cmdline(&crate::cmdline::Cmdline::new(si.cmdline()));
     main(si)
 }
 

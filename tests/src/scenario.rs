@@ -42,6 +42,7 @@ pub struct Scenario {
     accel: Option<Accel>,
     extra: Vec<String>,
     native: Option<String>,
+    input: Option<(String, Vec<u8>)>,
 }
 
 impl Scenario {
@@ -58,6 +59,7 @@ impl Scenario {
             accel: None,
             extra: Vec::new(),
             native: None,
+            input: None,
         }
     }
 
@@ -113,6 +115,13 @@ impl Scenario {
         self
     }
 
+    /// Types `bytes` on the serial console (QEMU's stdin) once the output contains
+    /// `trigger` (so nothing is sent before the hypervisor's UART is set up).
+    pub fn input_after(mut self, trigger: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        self.input = Some((trigger.into(), bytes.into()));
+        self
+    }
+
     /// Boots QEMU and waits for it to exit or for the timeout. Panics (with a clear
     /// message) only when the boot cannot be set up at all: images missing or not
     /// buildable, QEMU not startable, log directory not writable.
@@ -162,7 +171,7 @@ impl Scenario {
             self.timeout,
         );
 
-        let capture = run_with_timeout(command, self.timeout, log)
+        let capture = run_with_timeout(command, self.timeout, log, self.input.clone())
             .unwrap_or_else(|e| panic!("scenario {}: cannot start {}: {e}", self.name, qemu::QEMU));
 
         Outcome {
@@ -189,7 +198,7 @@ pub fn run_command(name: &str, command: Command, timeout: Duration) -> Outcome {
         log,
         "# scenario: {name}\n# timeout: {timeout:?}\n# command: {command_line}\n"
     );
-    let capture = run_with_timeout(command, timeout, log)
+    let capture = run_with_timeout(command, timeout, log, None)
         .unwrap_or_else(|e| panic!("scenario {name}: cannot start {}: {e}", qemu::QEMU));
     Outcome {
         name: name.to_string(),
@@ -538,10 +547,15 @@ fn run_with_timeout(
     mut command: Command,
     timeout: Duration,
     log: File,
+    mut input: Option<(String, Vec<u8>)>,
 ) -> std::io::Result<Capture> {
     let start = Instant::now();
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -552,10 +566,24 @@ fn run_with_timeout(
         .take()
         .map(|s| tee(s, Arc::clone(&log), "[qemu stderr] "));
 
+    // Kept open until QEMU exits: closing it would be end-of-file on the serial port.
+    let mut stdin = child.stdin.take();
     let mut timed_out = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
+        }
+        let triggered = input.as_ref().is_some_and(|(trigger, _)| {
+            stdout.as_ref().is_some_and(|(_, kept)| {
+                kept.lock()
+                    .is_ok_and(|k| String::from_utf8_lossy(&k).contains(trigger.as_str()))
+            })
+        });
+        if triggered {
+            if let (Some((_, bytes)), Some(pipe)) = (input.take(), stdin.as_mut()) {
+                // A failed write shows up as missing input in the scenario's assertions.
+                let _ = pipe.write_all(&bytes).and_then(|()| pipe.flush());
+            }
         }
         if start.elapsed() >= timeout {
             timed_out = true;
@@ -566,6 +594,7 @@ fn run_with_timeout(
         thread::sleep(Duration::from_millis(10));
     };
     let elapsed = start.elapsed();
+    drop(stdin);
 
     let (stdout, stderr) = (collect(stdout), collect(stderr));
     if let Ok(mut log) = log.lock() {
@@ -763,6 +792,7 @@ mod tests {
             cmd,
             Duration::from_secs(20),
             File::create(dir.join("a.log")).unwrap(),
+            None,
         )
         .unwrap();
         assert_eq!((c.status, c.timed_out), (Some(33), false));
@@ -780,12 +810,36 @@ mod tests {
             cmd,
             Duration::from_millis(300),
             File::create(dir.join("b.log")).unwrap(),
+            None,
         )
         .unwrap();
         assert!(c.timed_out);
         assert_eq!(c.status, None);
         assert_eq!(c.stdout, "before\n");
         assert!(c.elapsed < Duration::from_secs(10));
+
+        // Input is typed only once the trigger appeared, and reaches the program.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo ready; read a; read b; echo \"got $a $b\""]);
+        let c = run_with_timeout(
+            cmd,
+            Duration::from_secs(20),
+            File::create(dir.join("c.log")).unwrap(),
+            Some(("ready".into(), b"one\ntwo\n".to_vec())),
+        )
+        .unwrap();
+        assert_eq!(c.stdout, "ready\ngot one two\n");
+        // A trigger that never appears sends nothing (the reader sees no input).
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo start; timeout 1 cat; echo end"]);
+        let c = run_with_timeout(
+            cmd,
+            Duration::from_secs(20),
+            File::create(dir.join("d.log")).unwrap(),
+            Some(("never".into(), b"x\n".to_vec())),
+        )
+        .unwrap();
+        assert_eq!(c.stdout, "start\nend\n");
         let _ = fs::remove_dir_all(&dir);
     }
 }

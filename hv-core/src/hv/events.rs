@@ -107,7 +107,12 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             }
             EVTCHNOP_BIND_VIRQ => {
                 let mut b: EvtchnBindVirq = GuestMem::new(&mut self.mem, l4).read_obj(arg)?;
-                if !matches!(b.virq, VIRQ_TIMER | VIRQ_DEBUG | VIRQ_CONSOLE) {
+                let privileged = self.domains[idx].as_ref().is_some_and(|d| d.privileged);
+                // VIRQ_DOM_EXC is global and only the control domain's: to others it does
+                // not exist.
+                let known = matches!(b.virq, VIRQ_TIMER | VIRQ_DEBUG | VIRQ_CONSOLE)
+                    || (b.virq == VIRQ_DOM_EXC && privileged);
+                if !known {
                     return Err(Errno::EINVAL);
                 }
                 if b.vcpu != 0 {

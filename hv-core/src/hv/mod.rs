@@ -20,10 +20,12 @@ mod testkit;
 mod vcpu;
 #[cfg(test)]
 mod vcpu_tests;
+#[cfg(test)]
+mod xs_tests;
 
 use crate::builder::{self, BuildError, BuildSpec, Built, HV_L4_SLOTS};
 use crate::console::{emit_line, ConsoleSink};
-use crate::domain::{exception_name, Domain, DomainState, Ending, VcpuRegs};
+use crate::domain::{exception_name, BootRings, Domain, DomainState, Ending, VcpuRegs};
 use crate::frame_table::FrameTable;
 use crate::frame_table::Owner;
 use crate::guest_mem::GuestMem;
@@ -45,7 +47,7 @@ use abi::mm::{
     XENMEM_INCREASE_RESERVATION, XENMEM_MACHPHYS_MAPPING, XENMEM_MAXIMUM_RESERVATION,
     XENMEM_POPULATE_PHYSMAP,
 };
-use abi::start_info::{cstr, set_cstr, ModuleInfo, MAX_MODULES};
+use abi::start_info::{cstr, set_cstr, ModuleInfo, StartInfo, MAX_MODULES};
 use abi::{DomId, Errno, HypercallNr, Mfn, PAGE_SIZE};
 use core::fmt::Write;
 
@@ -170,6 +172,7 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     wallclock_sec: u64,
     modules: [ModuleInfo; MAX_MODULES],
     nr_modules: usize,
+    console_in: crate::console::InputRing,
 }
 
 /// Page-type operations over the hypervisor's frames and memory, borrowing only those
@@ -225,6 +228,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             wallclock_sec: 0,
             modules: [ModuleInfo::EMPTY; MAX_MODULES],
             nr_modules: 0,
+            console_in: Default::default(),
         })
     }
 
@@ -322,6 +326,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// `regs` holds the interrupted guest's registers (ignored if none was running).
     pub fn tick(&mut self, regs: &mut VcpuRegs) -> Next {
         self.time_stale = true;
+        self.poll_console_input();
         self.after_event(regs)
     }
 
@@ -481,7 +486,25 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             vpic: crate::vpic::Vpic::new(),
             vpit: crate::vpit::Vpit::new(),
             uart_lcr: 0,
+            rings: None,
+            generation: recipe.generation,
         });
+        if !privileged {
+            match self.setup_boot_rings(slot, &built) {
+                Ok(r) => {
+                    if let Some(d) = self.domains[slot].as_mut() {
+                        d.rings = Some(r);
+                    }
+                }
+                Err(e) => log(
+                    &mut self.console,
+                    format_args!("{domid}: no xenstore/console rings: {e}"),
+                ),
+            }
+            // dom0's xenstored learns about the new domain (a rebuild, or a domain
+            // created after dom0 started).
+            self.notify_dom_exc();
+        }
         log(
             &mut self.console,
             format_args!(
@@ -495,6 +518,175 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             ),
         );
         Ok(built)
+    }
+
+    /// Xen's domain builder's last step for a domU: its store and console pages are
+    /// granted to dom0 at the reserved refs of its grant table (one table frame set up
+    /// here), two ports are allocated unbound for dom0 (store first, as libxl does), and
+    /// the ports are written into its start_info.
+    fn setup_boot_rings(&mut self, slot: usize, built: &Built) -> Result<BootRings, Errno> {
+        use crate::grant::{GrantEntry, GTF_PERMIT_ACCESS};
+        use abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
+        let d = self.domains[slot].as_mut().ok_or(Errno::ESRCH)?;
+        let table = d.grants.as_mut().ok_or(Errno::ESRCH)?;
+        let mut mm = mm!(self);
+        table.setup_table(&mut mm, 1).map_err(|_| Errno::ENOMEM)?;
+        for (gref, mfn) in [
+            (GNTTAB_RESERVED_CONSOLE, built.console_mfn),
+            (GNTTAB_RESERVED_XENSTORE, built.store_mfn),
+        ] {
+            let entry = GrantEntry {
+                flags: GTF_PERMIT_ACCESS,
+                domid: DomId::DOM0,
+                frame: u32::try_from(mfn.0).map_err(|_| Errno::ERANGE)?,
+            };
+            if !table.write_entry(&mut self.mem, gref, entry) {
+                return Err(Errno::EFAULT);
+            }
+        }
+        let ports = d.ports;
+        let alloc = |mem: &mut M| -> Result<u32, Errno> {
+            let p = ports.alloc(mem)?;
+            ports.set(
+                mem,
+                p,
+                crate::evtchn::PortState::Unbound {
+                    remote: DomId::DOM0,
+                },
+            )?;
+            Ok(p)
+        };
+        let store_port = alloc(&mut self.mem)?;
+        let console_port = alloc(&mut self.mem)?;
+        let si = built.start_info_mfn.maddr();
+        let ok = self.mem.write(
+            si + core::mem::offset_of!(StartInfo, store_evtchn) as u64,
+            &store_port.to_le_bytes(),
+        ) && self.mem.write(
+            si + core::mem::offset_of!(StartInfo, console_evtchn) as u64,
+            &console_port.to_le_bytes(),
+        );
+        if !ok {
+            return Err(Errno::EFAULT);
+        }
+        Ok(BootRings {
+            store_mfn: built.store_mfn,
+            store_port,
+            console_mfn: built.console_mfn,
+            console_port,
+        })
+    }
+
+    /// Drains the console's input (the UART FIFO) into [`crate::console::InputRing`]
+    /// while there is room (beyond that the bytes stay in the UART: back-pressure, not
+    /// loss) and raises VIRQ_CONSOLE in dom0 if anything arrived. Called on every timer
+    /// tick (and idle wake-up) and by `CONSOLEIO_read`. Returns the bytes taken.
+    pub(super) fn poll_console_input(&mut self) -> usize {
+        let mut got = 0;
+        loop {
+            let mut tmp = [0u8; 64];
+            let want = self.console_in.room().min(tmp.len());
+            if want == 0 {
+                break;
+            }
+            let n = self.console.read_input(&mut tmp[..want]);
+            if n == 0 {
+                break;
+            }
+            got += self.console_in.push(&tmp[..n]);
+        }
+        if got > 0 {
+            if let Some(d0) = self.live_slot(DomId::DOM0) {
+                self.send_virq(d0, abi::event_channel::VIRQ_CONSOLE);
+            }
+        }
+        got
+    }
+
+    /// True if dom0 is alive and waits for console input (bound VIRQ_CONSOLE): the idle
+    /// loop must then keep polling the UART instead of declaring a deadlock.
+    pub(super) fn dom0_listens_to_console(&self) -> bool {
+        self.live_slot(DomId::DOM0)
+            .and_then(|i| self.domains[i].as_ref())
+            .is_some_and(|d| d.ports.virq_port[abi::event_channel::VIRQ_CONSOLE as usize] != 0)
+    }
+
+    /// Raises VIRQ_DOM_EXC in dom0 (if it is alive and bound it).
+    fn notify_dom_exc(&mut self) {
+        if let Some(d0) = self.live_slot(DomId::DOM0) {
+            self.send_virq(d0, abi::event_channel::VIRQ_DOM_EXC);
+        }
+    }
+
+    /// `domain_info`: the domain with the lowest id `>= first`.
+    fn domain_info(&self, first: DomId) -> Option<abi::hypercall::DomainInfo> {
+        use abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
+        use abi::hypercall::*;
+        let d = self
+            .domains
+            .iter()
+            .flatten()
+            .filter(|d| d.id.0 >= first.0)
+            .min_by_key(|d| d.id.0)?;
+        let (state, reason) = match d.state {
+            DomainState::Runnable => (DOMINFO_RUNNING, 0),
+            DomainState::Dead(Ending::Shutdown(ShutdownReason::Crash))
+            | DomainState::Dead(Ending::Killed { .. }) => {
+                (DOMINFO_CRASHED, ShutdownReason::Crash as u8)
+            }
+            DomainState::Dead(Ending::Shutdown(r)) => (DOMINFO_SHUTDOWN, r as u8),
+        };
+        let r = d.rings;
+        Some(DomainInfo {
+            domid: d.id.0,
+            state,
+            shutdown_reason: reason,
+            flags: if d.privileged { DOMINFO_PRIVILEGED } else { 0 },
+            tot_pages: if state == DOMINFO_RUNNING {
+                d.tot_pages
+            } else {
+                0
+            },
+            store_mfn: r.map_or(0, |r| r.store_mfn.0),
+            console_mfn: r.map_or(0, |r| r.console_mfn.0),
+            store_port: r.map_or(0, |r| r.store_port),
+            console_port: r.map_or(0, |r| r.console_port),
+            store_gref: if r.is_some() {
+                GNTTAB_RESERVED_XENSTORE
+            } else {
+                0
+            },
+            console_gref: if r.is_some() {
+                GNTTAB_RESERVED_CONSOLE
+            } else {
+                0
+            },
+            generation: d.generation,
+            _pad: 0,
+        })
+    }
+
+    /// Host tests: `mm::audit` of `bases` with the references every grant table and
+    /// grant mapping holds (domUs own a grant-table frame from the start).
+    #[cfg(test)]
+    pub(crate) fn audit_all(&mut self, bases: &[Mfn]) {
+        let mut slots = std::vec::Vec::new();
+        let mut tabs = std::vec::Vec::new();
+        for (i, d) in self.domains.iter_mut().enumerate() {
+            if let Some(t) = d.as_mut().and_then(|d| d.grants.take()) {
+                slots.push(i);
+                tabs.push(t);
+            }
+        }
+        let refs = crate::grant::audit(&self.mem, &tabs);
+        for (i, t) in slots.into_iter().zip(tabs) {
+            if let Some(d) = self.domains[i].as_mut() {
+                d.grants = Some(t);
+            }
+        }
+        let refs = refs.unwrap_or_else(|e| panic!("grant audit: {e:?}"));
+        crate::mm::audit_with(&self.frames, &self.mem, bases, &refs)
+            .unwrap_or_else(|e| panic!("mm audit: {e:?}"));
     }
 
     fn cur_mut(&mut self) -> Option<&mut Domain> {
@@ -625,7 +817,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 let want = (len as usize).min(tmp.len());
                 // Validate the destination before consuming input.
                 GuestMem::new(&mut self.mem, l4).write(buf, &tmp[..want])?;
-                let n = self.console.read_input(&mut tmp[..want]);
+                self.poll_console_input();
+                let n = self.console_in.pop(&mut tmp[..want]);
                 GuestMem::new(&mut self.mem, l4).write(buf, &tmp[..n])?;
                 Ok(n as u64)
             }
@@ -698,6 +891,14 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                     return Err(Errno::EINVAL);
                 }
                 dom.bench_gp_rip = rip;
+                Ok(0)
+            }
+            Hypercall::DomainInfo { first, buf } => {
+                if !privileged {
+                    return Err(Errno::EPERM);
+                }
+                let info = self.domain_info(first).ok_or(Errno::ESRCH)?;
+                GuestMem::new(&mut self.mem, l4).write_obj(buf, &info)?;
                 Ok(0)
             }
             Hypercall::MmuUpdate {
@@ -1185,6 +1386,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 cpu_ns / 1000
             ),
         );
+        // dom0's xenstored releases the domain (and, after a rebuild, introduces the
+        // new instance: `build_into` notifies again).
+        self.notify_dom_exc();
         if how == Ending::Shutdown(ShutdownReason::Reboot) {
             let max = self.max_restarts;
             if let Some(r) = self.recipes[idx].as_mut().filter(|r| r.generation < max) {
@@ -1445,7 +1649,7 @@ mod tests {
             "empty write needs no buffer"
         );
         // Writes into the read-only page tables fail.
-        for nr in [11u64, 47, 49, 1000, u64::MAX] {
+        for nr in [11u64, 47, 56, 1000, u64::MAX] {
             assert_eq!(
                 call(&mut hv, &mut regs, nr, [0; 5]).0,
                 Errno::ENOSYS.to_ret()
@@ -1714,7 +1918,8 @@ mod tests {
             b"shared"
         );
         let l4 = hv.current().unwrap().l4;
-        crate::mm::audit(&hv.frames, &hv.mem, &[l4, hv.domain(DomId(1)).unwrap().l4]).unwrap();
+        let d1 = hv.domain(DomId(1)).unwrap().l4;
+        hv.audit_all(&[l4, d1]);
         // Batches over the limit, and foreign domains for an unprivileged caller.
         assert_eq!(
             call(&mut hv, &mut regs, 1, [reqs, 1025, 0, 0x7ff0, 0]).0,
@@ -1826,7 +2031,7 @@ mod tests {
         );
         // And everything is still consistent; both domains end with no leak.
         let bases = [hv.current().unwrap().l4, hv.domain(DomId(1)).unwrap().l4];
-        crate::mm::audit(&hv.frames, &hv.mem, &bases).unwrap();
+        hv.audit_all(&bases);
         poke(&mut hv, s, &0u32.to_le_bytes());
         call(&mut hv, &mut regs, 29, [2, s, 0, 0, 0]);
         poke(&mut hv, s, &0u32.to_le_bytes());
@@ -1905,7 +2110,8 @@ mod tests {
         assert_eq!(regs.rip, code + 5);
         let _ = cur;
         let l4 = hv.current().unwrap().l4;
-        crate::mm::audit(&hv.frames, &hv.mem, &[l4, hv.domain(DomId(1)).unwrap().l4]).unwrap();
+        let d1 = hv.domain(DomId(1)).unwrap().l4;
+        hv.audit_all(&[l4, d1]);
         // A store that would map the L1 itself writable is refused: the domain dies.
         poke(&mut hv, code, &[0x48, 0x89, 0x37]);
         regs.rip = code;

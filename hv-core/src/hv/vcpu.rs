@@ -29,6 +29,10 @@ const fn has_error_code(v: u8) -> bool {
 /// How early a timer may fire (Xen's default timer slop is also 50 us).
 pub const TIMER_SLOP_NS: u64 = 50_000;
 
+/// How often the idle loop polls the serial port for console input while dom0 waits for
+/// it (VIRQ_CONSOLE bound) and nothing else is due: 10 ms.
+pub const CONSOLE_POLL_NS: u64 = 10_000_000;
+
 /// Offset of vcpu_info[0].time in shared_info.
 const TIME_OFFSET: u64 = 32;
 
@@ -416,7 +420,10 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         if !any_alive {
             return self.verdict();
         }
-        match self.earliest_timer() {
+        let console_poll = self
+            .dom0_listens_to_console()
+            .then(|| self.now.saturating_add(CONSOLE_POLL_NS));
+        match min_opt(self.earliest_timer(), console_poll) {
             Some(t) => Next::Idle { deadline: Some(t) },
             None => {
                 // Everyone waits for an event nobody can send: a guest bug, reported

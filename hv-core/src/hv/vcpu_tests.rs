@@ -626,16 +626,12 @@ fn privileged_instructions_are_emulated_against_the_virtual_cpu() {
             ..
         }
     ));
-    crate::mm::audit(
-        &t.hv.frames,
-        &t.hv.mem,
-        &[
-            l4,
-            t.hv.domain(DomId(1)).unwrap().l4,
-            t.hv.domain(DomId(2)).unwrap().l4,
-        ],
-    )
-    .unwrap();
+    let bases = [
+        l4,
+        t.hv.domain(DomId(1)).unwrap().l4,
+        t.hv.domain(DomId(2)).unwrap().l4,
+    ];
+    t.hv.audit_all(&bases);
     // mov cr3 to a frame that is not a valid L4 (a data page): #GP, no handler: crash.
     let data =
         t.hv.frames

@@ -1,9 +1,10 @@
 //! `pingpong`, `evtchn-hostile` and `evdemo`: event channels from the guest's side.
 //!
 //! - `pingpong role=server peer=D rounds=N`: allocates an unbound port for domain D
-//!   (port 1 when it is the domain's first) and answers each event on it by sending
-//!   back, from the port handler, until it has answered N (1000).
-//!   `pingpong role=client peer=D rounds=N [port=P]`: binds to D's port P (1), retrying
+//!   (port 3 under the hypervisor: the first after the builder's xenstore and console
+//!   ports) and answers each event on it by sending back, from the port handler, until
+//!   it has answered N (1000).
+//!   `pingpong role=client peer=D rounds=N [port=P]`: binds to D's port P (3), retrying
 //!   while D has not allocated it yet, then does N round trips (send, block until the
 //!   reply), timing each with the TSC. Both block between events.
 //! - `evtchn-hostile`: bad ports, foreign tables, double closes, bad VIRQs and polls get
@@ -17,6 +18,7 @@ use pv_guest_kernel::abi::event_channel::{
     EVTCHNOP_SEND, EVTCHNSTAT_CLOSED, EVTCHNSTAT_INTERDOMAIN, EVTCHNSTAT_UNBOUND, EVTCHNSTAT_VIRQ,
     EVTCHN_PORTS, NR_VIRQS, VIRQ_DEBUG, VIRQ_TIMER,
 };
+use pv_guest_kernel::abi::start_info::StartInfo;
 use pv_guest_kernel::abi::vcpu::{SchedPoll, SCHED_POLL_MAX_PORTS};
 use pv_guest_kernel::abi::{DomId, Errno};
 use pv_guest_kernel::time::{self, NS_PER_MS};
@@ -54,20 +56,31 @@ pub fn pingpong(env: &Env) -> ! {
     };
     let rounds = env.cmdline.u64_or("rounds", 1000).min(MAX_ROUNDS);
     match role {
-        "server" => server(peer, rounds),
-        "client" => client(peer, rounds, env.cmdline.u64_or("port", 1) as u32),
+        "server" => server(env.si, peer, rounds),
+        "client" => client(peer, rounds, env.cmdline.u64_or("port", 3) as u32),
         _ => xtf::error("pingpong needs role=server or role=client"),
     }
 }
 
-fn server(peer: DomId, rounds: u64) -> ! {
+/// The first port a domain allocates itself: the one after the builder's xenstore and
+/// console ports (1 and 2 for a domU; 1 when there are none, as for dom0 and the host
+/// fake).
+fn first_own_port(si: &StartInfo) -> u32 {
+    si.store_evtchn.max(si.console_evtchn) + 1
+}
+
+fn server(si: &StartInfo, peer: DomId, rounds: u64) -> ! {
     let mut c = Checker::new();
     let port = match events::alloc_unbound(peer, server_event) {
         Ok(p) => p,
         Err(e) => xtf::failure(format_args!("alloc_unbound for d{}: {e}", peer.0)),
     };
     println!("pingpong: server: port {port} is unbound for d{}", peer.0);
-    c.check_eq("the first allocation is port 1", 1, port);
+    c.check_eq(
+        "the first allocation follows the builder's ports",
+        first_own_port(si),
+        port,
+    );
     let blocks0 = events::blocks();
     let r = events::wait_for(|| SERVED.load(Ordering::SeqCst) >= rounds);
     c.check_eq("wait for the rounds", Ok(()), r);

@@ -10,6 +10,8 @@ mod bench;
 mod clock;
 mod crash;
 mod evtchn;
+mod grant;
+mod heap;
 mod memory;
 mod mm_hostile;
 mod multicall;
@@ -152,6 +154,21 @@ pub static PROGRAMS: &[Program] = &[
         name: "evdemo",
         about: "block-with-timeout loops: timed waits, a loopback channel, polls",
         run: evtchn::evdemo,
+    },
+    Program {
+        name: "grant-self",
+        about: "PvPlatform: grant, map/unmap, ring over a grant, hostile grant ops (own domain)",
+        run: grant::self_test,
+    },
+    Program {
+        name: "ring-front",
+        about: "frontend of a typed ring shared with dom0 (test=ring-backend) through grants",
+        run: grant::front,
+    },
+    Program {
+        name: "heap",
+        about: "alloc through the kernel heap: Box, Vec, BTreeMap, accounting, reuse; oom=1 panics",
+        run: heap::run,
     },
     Program {
         name: "crash-null",
@@ -428,7 +445,7 @@ mod tests {
         // A client whose server never allocates the port gives up, after retrying.
         let out = run_test("test=pingpong role=client peer=0 rounds=3");
         assert_eq!(out.results().len(), 1, "{}", out.console);
-        assert!(out.results()[0].starts_with("Test result: FAILURE (bind to d0 port 1: EINVAL"));
+        assert!(out.results()[0].starts_with("Test result: FAILURE (bind to d0 port 3: EINVAL"));
         assert_eq!(out.yields, 2000);
     }
 
