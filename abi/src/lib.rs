@@ -10,7 +10,7 @@
 //!   frames cannot be mixed up,
 //! - the fixed virtual-address layout every PV address space shares ([`layout`]),
 //! - the generic shared request/response ring every PV device protocol instantiates
-//!   ([`ring`]).
+//!   ([`ring`]), and the byte-stream rings of xenstore and the console ([`stream`]).
 //!
 //! Numbers follow Xen's public headers wherever a Xen equivalent exists, so people who
 //! know Xen find the names and values they expect. Extensions are marked as such.
@@ -33,6 +33,9 @@ pub mod mm;
 pub mod ring;
 pub mod shared_info;
 pub mod start_info;
+// Byte-stream rings on a shared page (xenstore, console): the same reasons as `ring`.
+#[allow(unsafe_code)]
+pub mod stream;
 pub mod types;
 pub mod vcpu;
 
