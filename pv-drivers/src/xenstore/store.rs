@@ -56,7 +56,9 @@ use abi::xenstore::{
 };
 use abi::DomId;
 
-use super::{domain_path, Access, Event, Perm, TxId, Xs, XsError, NO_TX};
+#[cfg(test)]
+use super::Xs;
+use super::{domain_path, Access, Event, Perm, Reply, TxId, XsError, NO_TX};
 
 /// Per-domain limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,23 +95,6 @@ impl Default for Quotas {
 /// A connection to the store: one per domain ring, and any number in-process for dom0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(u32);
-
-/// A successful reply (owned form of `abi::xenstore::Response`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// No data.
-    Ok,
-    /// A value.
-    Value(Vec<u8>),
-    /// Children's names, each followed by a NUL.
-    Names(Vec<u8>),
-    /// A permission list.
-    Perms(Vec<Perm>),
-    /// A new transaction.
-    Tx(TxId),
-    /// A path.
-    Path(String),
-}
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -988,78 +973,15 @@ pub struct LocalXs<'s> {
     conn: ConnId,
 }
 
-impl LocalXs<'_> {
-    fn req(&mut self, tx: TxId, r: &Request<'_>) -> Result<Reply, XsError> {
-        self.store.request(self.conn, tx, r)
+impl super::Call for LocalXs<'_> {
+    fn call(&mut self, tx: TxId, req: &Request<'_>) -> Result<Reply, XsError> {
+        self.store.request(self.conn, tx, req)
     }
-}
-
-fn names(v: Vec<u8>) -> Vec<String> {
-    v.split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
-impl Xs for LocalXs<'_> {
-    fn read(&mut self, tx: TxId, path: &str) -> Result<Vec<u8>, XsError> {
-        match self.req(tx, &Request::Read { path })? {
-            Reply::Value(v) => Ok(v),
-            _ => Err(XsError::EIO),
-        }
-    }
-    fn write(&mut self, tx: TxId, path: &str, value: &[u8]) -> Result<(), XsError> {
-        self.req(tx, &Request::Write { path, value }).map(drop)
-    }
-    fn mkdir(&mut self, tx: TxId, path: &str) -> Result<(), XsError> {
-        self.req(tx, &Request::Mkdir { path }).map(drop)
-    }
-    fn rm(&mut self, tx: TxId, path: &str) -> Result<(), XsError> {
-        self.req(tx, &Request::Rm { path }).map(drop)
-    }
-    fn directory(&mut self, tx: TxId, path: &str) -> Result<Vec<String>, XsError> {
-        match self.req(tx, &Request::Directory { path })? {
-            Reply::Names(v) => Ok(names(v)),
-            _ => Err(XsError::EIO),
-        }
-    }
-    fn get_perms(&mut self, tx: TxId, path: &str) -> Result<Vec<Perm>, XsError> {
-        match self.req(tx, &Request::GetPerms { path })? {
-            Reply::Perms(v) => Ok(v),
-            _ => Err(XsError::EIO),
-        }
-    }
-    fn set_perms(&mut self, tx: TxId, path: &str, perms: &[Perm]) -> Result<(), XsError> {
-        let mut buf = [0u8; XENSTORE_PERMS_MAX * wire::PERM_ENTRY_SIZE];
-        let n = encode_perms(perms, &mut buf).ok_or(XsError::EINVAL)?;
-        self.req(
-            tx,
-            &Request::SetPerms {
-                path,
-                perms: &buf[..n],
-            },
-        )
-        .map(drop)
-    }
-    fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.req(NO_TX, &Request::Watch { path, token }).map(drop)
-    }
-    fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.req(NO_TX, &Request::Unwatch { path, token }).map(drop)
-    }
-    fn transaction_start(&mut self) -> Result<TxId, XsError> {
-        match self.req(NO_TX, &Request::TransactionStart)? {
-            Reply::Tx(t) => Ok(t),
-            _ => Err(XsError::EIO),
-        }
-    }
-    fn transaction_end(&mut self, tx: TxId, commit: bool) -> Result<(), XsError> {
-        self.req(tx, &Request::TransactionEnd { commit }).map(drop)
-    }
-    fn next_event(&mut self) -> Option<Event> {
+    fn event(&mut self) -> Option<Event> {
         self.store.take_event(self.conn)
     }
 }
+super::impl_xs_via_call!(LocalXs<'_>);
 
 /// Why a [`Connection`] was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
