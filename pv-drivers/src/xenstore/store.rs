@@ -280,6 +280,16 @@ impl View<'_> {
         Ok(())
     }
 
+    /// Checks, before an operation changes anything, that a transaction can take `n`
+    /// more changed nodes, so an operation never stops half-way (a half-applied `rm`
+    /// would leave a parent listing removed children).
+    fn room(&self, n: usize) -> Result<(), XsError> {
+        match self.tx.as_deref() {
+            Some(tx) if tx.overlay.len() + n > self.quotas.ops_per_tx => Err(XsError::ENOSPC),
+            _ => Ok(()),
+        }
+    }
+
     fn fire(&mut self, path: &str, perms: &[Perm], removed: bool) {
         let f = Fire {
             path: path.to_string(),
@@ -348,6 +358,7 @@ impl View<'_> {
                 return Err(XsError::ENOSPC);
             }
         }
+        self.room(missing.len() + 1)?;
         let mut parent_path = anc.to_string();
         for p in missing.iter().rev() {
             let name = &p[parent_path.len() + usize::from(parent_path != "/")..];
@@ -385,6 +396,7 @@ impl View<'_> {
                 let mut n = n.clone();
                 n.value = value.to_vec();
                 let perms = n.perms.clone();
+                self.room(1)?;
                 self.put(path, n)?;
                 self.fire(path, &perms, false);
                 Ok(())
@@ -419,6 +431,7 @@ impl View<'_> {
                 doomed.push(p);
             }
         }
+        self.room(doomed.len() + 1)?;
         for p in &doomed {
             self.del(p)?;
         }
@@ -452,6 +465,7 @@ impl View<'_> {
         }
         n.perms = perms;
         let p = n.perms.clone();
+        self.room(1)?;
         self.put(path, n)?;
         self.fire(path, &p, false);
         Ok(())

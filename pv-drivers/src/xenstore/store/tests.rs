@@ -619,3 +619,28 @@ mod prop {
         }
     }
 }
+/// An operation that does not fit in a transaction's change budget changes nothing
+/// (found by the property test: a half-applied `rm` left a parent listing a removed
+/// child).
+#[test]
+fn transaction_ops_are_all_or_nothing() {
+    let q = Quotas {
+        ops_per_tx: 4,
+        ..Quotas::default()
+    };
+    let mut s = Store::new(q);
+    s.introduce_domain(G2).unwrap();
+    let d0 = s.connect(DomId::DOM0);
+    s.local(d0)
+        .write(NO_TX, "/local/domain/2/a/b/c/d", b"")
+        .unwrap();
+    let t = s.local(d0).transaction_start().unwrap();
+    assert_eq!(s.local(d0).rm(t, "/local/domain/2"), Err(XsError::ENOSPC));
+    assert_eq!(
+        s.local(d0).write(t, "/local/domain/2/x/y/z/w", b""),
+        Err(XsError::ENOSPC)
+    );
+    s.local(d0).transaction_end(t, true).unwrap();
+    s.check_invariants().unwrap();
+    assert!(s.local(d0).read(NO_TX, "/local/domain/2/a/b/c/d").is_ok());
+}
