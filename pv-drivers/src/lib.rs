@@ -6,8 +6,9 @@
 //! - [`platform`]: the seam to the kernel the drivers run in (pages, grants, event
 //!   channels);
 //! - [`xenstore`]: the store dom0 serves ([`xenstore::store`]), the client guests use
-//!   (`xenstore::client`) and the [`xenstore::Xs`] operations both offer;
-
+//!   ([`xenstore::client`]) and the [`xenstore::Xs`] operations both offer;
+//! - [`xenbus`]: the reusable frontend/backend handshake over xenstore;
+//! - [`console`]: the PV console, the first device on that handshake;
 //! - `hosted` (tests and the `hosted` feature): all of the above running on the host,
 //!   domains as threads.
 #![cfg_attr(not(any(test, feature = "hosted")), no_std)]
@@ -15,7 +16,9 @@
 
 extern crate alloc;
 
+pub mod console;
 pub mod platform;
+pub mod xenbus;
 pub mod xenstore;
 
 #[cfg(any(test, feature = "hosted"))]

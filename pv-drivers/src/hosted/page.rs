@@ -24,6 +24,12 @@ pub struct HostPage(UnsafeCell<[u8; PAGE_SIZE]>);
 #[allow(unsafe_code)]
 unsafe impl Sync for HostPage {}
 
+impl core::fmt::Debug for HostPage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "HostPage({:p})", self.ptr())
+    }
+}
+
 static FREE: Mutex<Vec<&'static HostPage>> = Mutex::new(Vec::new());
 
 impl HostPage {

@@ -4,6 +4,7 @@
 //! - [`store`]: the server state (nodes, permissions, watches, transactions, quotas)
 //!   that dom0 runs, and [`store::Connection`], which serves one domain's ring;
 //! - [`client`]: the guest side, speaking the wire protocol over the ring;
+//! - [`xenstored`]: the service loop dom0 runs over the domains' mapped store pages;
 //! - [`Xs`]: the operations both offer, so handshake code (`crate::xenbus`) runs
 //!   unchanged in dom0 (directly on the store) and in guests (over the ring).
 //!
@@ -11,6 +12,7 @@
 
 pub mod client;
 pub mod store;
+pub mod xenstored;
 
 use alloc::string::String;
 use alloc::vec::Vec;
