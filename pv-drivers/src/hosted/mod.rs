@@ -248,6 +248,12 @@ impl HostedPlatform {
         self.rx.recv_timeout(timeout).ok()
     }
 
+    /// The channel this domain's notifications arrive on (to `select` on it together
+    /// with other channels).
+    pub fn receiver(&self) -> &Receiver<Port> {
+        &self.rx
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Hv, &mut Dom) -> Result<T, Errno>) -> Result<T, Errno> {
         let mut hv = self.machine.lock();
         let mut dom = hv.doms.remove(&self.domid.0).ok_or(Errno::ESRCH)?;

@@ -4,8 +4,8 @@
 //! Poll-driven, with no waiting inside: [`Client::submit`] encodes a request (with a
 //! fresh `req_id`) into an outgoing buffer, [`Client::poll`] moves bytes between that
 //! buffer and the ring and parses replies and watch events, [`Client::take_reply`] hands
-//! a completed reply out. The caller notifies xenstored's port when `poll` wrote
-//! something and sleeps on its own port when there is nothing to do. [`Blocking`] wraps
+//! a completed reply out. The caller notifies xenstored's port when `poll` says so
+//! (it wrote requests or freed reply space, as Linux's xenbus does) and sleeps on its own port when there is nothing to do. [`Blocking`] wraps
 //! that loop around caller-supplied "notify" and "wait for an event" hooks and implements
 //! [`Xs`] on top, so the handshake code runs unchanged in guests.
 //!
@@ -38,8 +38,9 @@ pub type ReqId = u32;
 /// What one [`Client::poll`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Polled {
-    /// Request bytes were written: notify xenstored's port.
-    pub wrote: bool,
+    /// Request bytes were written or reply bytes consumed: notify xenstored's port
+    /// (it may be waiting for either).
+    pub notify: bool,
     /// Anything happened (bytes moved either way).
     pub progress: bool,
 }
@@ -120,7 +121,7 @@ impl Client {
                 Ok(0) => break,
                 Ok(n) => {
                     self.out.drain(..n);
-                    p.wrote = true;
+                    p.notify = true;
                 }
                 Err(_) => return self.fail(),
             }
@@ -152,9 +153,10 @@ impl Client {
                 break;
             }
             p.progress = true;
+            p.notify = true;
             budget = budget.saturating_sub(n);
         }
-        p.progress |= p.wrote;
+        p.progress |= p.notify;
         Ok(p)
     }
 
@@ -253,7 +255,7 @@ impl Blocking<'_> {
         let id = self.client.submit(tx, req)?;
         loop {
             let p = self.client.poll()?;
-            if p.wrote {
+            if p.notify {
                 (self.notify)();
             }
             if let Some(r) = self.client.take_reply(id) {

@@ -1013,8 +1013,9 @@ pub enum Broken {
 pub struct Progress {
     /// Requests served.
     pub requests: usize,
-    /// Bytes written to the ring: notify the domain.
-    pub wrote: bool,
+    /// Bytes were written to the ring, or request bytes consumed (freeing space the
+    /// domain may be waiting for): notify the domain.
+    pub notify: bool,
     /// More work is pending (call again soon rather than waiting for an event).
     pub more: bool,
 }
@@ -1034,6 +1035,8 @@ pub struct Connection {
     /// message's worth plus one event: requests are not read while it is not empty).
     out: VecDeque<u8>,
     broken: Option<Broken>,
+    /// Request bytes consumed so far (wrapping; to tell whether a call freed space).
+    consumed: u32,
 }
 
 impl Connection {
@@ -1045,6 +1048,7 @@ impl Connection {
             inbuf: Vec::with_capacity(HEADER_SIZE),
             out: VecDeque::new(),
             broken: None,
+            consumed: 0,
         }
     }
 
@@ -1093,7 +1097,7 @@ impl Connection {
     /// Does a bounded amount of work: delivers queued replies and watch events, then
     /// reads and serves up to [`REQUESTS_PER_CALL`] requests, stopping whenever the
     /// ring cannot take the replies. Call when the domain's port fires (and again while
-    /// [`Progress::more`]); notify the domain if [`Progress::wrote`].
+    /// [`Progress::more`]); notify the domain if [`Progress::notify`].
     ///
     /// # Errors
     ///
@@ -1110,7 +1114,7 @@ impl Connection {
         let mut msg = vec![0u8; XENSTORE_MSG_MAX];
         loop {
             match self.flush() {
-                Ok(w) => p.wrote |= w,
+                Ok(w) => p.notify |= w,
                 Err(e) => return self.fail(store, Broken::Ring(e)),
             }
             if !self.out.is_empty() {
@@ -1132,7 +1136,10 @@ impl Connection {
                 p.more = true;
                 break;
             }
-            match self.read_frame() {
+            let consumed = self.consumed;
+            let frame = self.read_frame();
+            p.notify |= self.consumed != consumed;
+            match frame {
                 Ok(Some(h)) => {
                     p.requests += 1;
                     let n = self.serve(store, h, &mut msg);
@@ -1178,6 +1185,7 @@ impl Connection {
                 }
             };
             self.inbuf.truncate(have + n);
+            self.consumed = self.consumed.wrapping_add(n as u32);
             if n == 0 {
                 return Ok(None);
             }

@@ -121,7 +121,7 @@ impl Xenstored {
         }
     }
 
-    /// Serves every connection a bounded amount, notifying domains it wrote to.
+    /// Serves every connection a bounded amount, notifying domains it wrote to or read from.
     /// Returns whether more work is pending (call again without waiting).
     pub fn process(&mut self, platform: &mut dyn Platform) -> bool {
         let mut more = false;
@@ -129,7 +129,7 @@ impl Xenstored {
         for (d, s) in self.served.iter_mut() {
             match s.conn.process(&mut self.store) {
                 Ok(p) => {
-                    if p.wrote {
+                    if p.notify {
                         let _ = platform.notify(s.port);
                     }
                     more |= p.more;

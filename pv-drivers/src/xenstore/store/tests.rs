@@ -340,7 +340,7 @@ fn connection_serves_requests_split_across_reads() {
     r.guest.write(&buf[n - 1..n]).unwrap();
     let p = r.conn.process(&mut s).unwrap();
     assert_eq!(p.requests, 1);
-    assert!(p.wrote);
+    assert!(p.notify);
     let (h, body) = recv(&mut r).unwrap();
     assert_eq!((h.msg_type, h.req_id), (MsgType::Write as u32, 42));
     assert_eq!(
