@@ -316,6 +316,14 @@ impl<D: FrontendDriver> Frontend<D> {
                 (Initialising | Closed | Unknown, InitWait) if self.want => {
                     self.connect(xs, platform)?;
                 }
+                // A fresh frontend (e.g. the guest kernel restarted) finds the backend
+                // still attached to its previous incarnation: say Closed, so the backend
+                // lets go and comes back to InitWait.
+                (Initialising | Unknown, Initialised | Connected | Closing | Closed)
+                    if self.want =>
+                {
+                    self.set_state(xs, Closed)?;
+                }
                 (Initialised, Connected) => {
                     self.set_state(xs, Connected)?;
                     self.driver.connected(platform);
@@ -680,6 +688,35 @@ mod tests {
         assert_eq!((fe.state(), be.state()), (Connected, Connected));
         let gref2 = ring_ref(&mut r, &fe_dir);
         assert_eq!(r.m.grant_mapped(FE, gref2), Some(1));
+    }
+
+    #[test]
+    fn a_restarted_frontend_reconnects() {
+        let mut r = rig();
+        let (mut fe, mut be) = pair(&mut r);
+        settle(&mut r, &mut fe, &mut be);
+        let fe_dir = fe.dir().to_string();
+        let old = ring_ref(&mut r, &fe_dir);
+        // The guest kernel restarts: its old frontend is gone without closing, the
+        // backend still maps the old page.
+        let _ = r.xsd.store().local(r.c1).unwatch(
+            &format!("{}/state", backend_path(DomId::DOM0, "console", FE, 0)),
+            fe.token(),
+        );
+        let mut fe2 = Frontend::new(
+            &mut r.xsd.store().local(r.c1),
+            FE,
+            "console",
+            0,
+            ConsoleFront::new(),
+        )
+        .unwrap();
+        settle(&mut r, &mut fe2, &mut be);
+        assert_eq!((fe2.state(), be.state()), (Connected, Connected));
+        assert_eq!(r.m.grant_mapped(FE, old), Some(0), "old page unmapped");
+        let new = ring_ref(&mut r, &fe_dir);
+        assert_ne!(new, old);
+        assert_eq!(r.m.grant_mapped(FE, new), Some(1));
     }
 
     fn ring_ref(r: &mut Rig, fe_dir: &str) -> crate::platform::GrantRef {

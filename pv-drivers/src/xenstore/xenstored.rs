@@ -52,6 +52,14 @@ impl Xenstored {
         self.store.local(self.dom0)
     }
 
+    /// Watch events dropped for dom0's own connection because its queue was full (a
+    /// quota like any other connection's, so guests cannot grow dom0's queue without
+    /// bound). The handshakes are level-triggered: when this grows, run every device's
+    /// `process` once (e.g. `ConsoleBackend::process(xs, platform, None)`).
+    pub fn local_events_dropped(&self) -> u64 {
+        self.store.dropped_events(self.dom0)
+    }
+
     /// The store itself (introspection, extra in-process connections).
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
