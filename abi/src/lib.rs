@@ -10,7 +10,8 @@
 //!   frames cannot be mixed up,
 //! - the fixed virtual-address layout every PV address space shares ([`layout`]),
 //! - the generic shared request/response ring every PV device protocol instantiates
-//!   ([`ring`]).
+//!   ([`ring`]), and the byte-stream rings of xenstore and the console ([`stream`]),
+//! - the xenstore wire protocol ([`xenstore`]) and the xenbus device states ([`xenbus`]).
 //!
 //! Numbers follow Xen's public headers wherever a Xen equivalent exists, so people who
 //! know Xen find the names and values they expect. Extensions are marked as such.
@@ -33,8 +34,13 @@ pub mod mm;
 pub mod ring;
 pub mod shared_info;
 pub mod start_info;
+// Byte-stream rings on a shared page (xenstore, console): the same reasons as `ring`.
+#[allow(unsafe_code)]
+pub mod stream;
 pub mod types;
 pub mod vcpu;
+pub mod xenbus;
+pub mod xenstore;
 
 pub use errno::Errno;
 pub use hypercall::HypercallNr;

@@ -21,6 +21,7 @@ pub struct GrantRef(pub u32);
 pub type Port = u32;
 
 /// A page this domain allocated to share with a peer.
+#[derive(Debug)]
 pub struct OwnPage {
     /// The page, for ring code.
     pub page: SharedPage,
@@ -30,6 +31,7 @@ pub struct OwnPage {
 }
 
 /// A peer's page mapped into this domain through a grant.
+#[derive(Debug)]
 pub struct MappedGrant {
     /// The mapped page, for ring code.
     pub page: SharedPage,
