@@ -39,6 +39,7 @@ pub mod grant;
 pub mod guest_mem;
 pub mod hv;
 pub mod hypercall;
+pub mod iomem;
 pub mod m2p;
 pub mod mem;
 pub mod mm;

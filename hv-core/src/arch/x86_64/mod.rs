@@ -287,6 +287,9 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     let (mmap_len, mmap_addr) = (u64::from(boot_u32(mbi + 44)), u64::from(boot_u32(mbi + 48)));
     let mut off = 0;
     let mut total = 0u64;
+    // Every RAM range exactly as reported (for the device-memory permission).
+    let mut raw_ram = [(0u64, 0u64); crate::iomem::MAX_RAM_RANGES + 1];
+    let mut n_raw = 0usize;
     while off + 24 <= mmap_len {
         let e = mmap_addr + off;
         let size = u64::from(boot_u32(e));
@@ -297,6 +300,10 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
             base.saturating_add(len),
             if kind == 1 { "RAM" } else { "reserved" }
         );
+        if kind == 1 && n_raw < raw_ram.len() {
+            raw_ram[n_raw] = (base, base.saturating_add(len));
+            n_raw += 1;
+        }
         if kind == 1 && dm.n < MAX_RAM_RANGES {
             let s = base.next_multiple_of(PAGE_SIZE as u64);
             let full_end = base.saturating_add(len) & !(PAGE_SIZE as u64 - 1);
@@ -368,6 +375,10 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         unsafe { core::slice::from_raw_parts_mut(p, max_frame as usize) }
     };
     let mut frames = FrameTable::new(entries);
+    match crate::iomem::IoMem::from_ram_ranges(&raw_ram[..n_raw]) {
+        Some(io) => frames.set_iomem(io),
+        None => hvlog!("too many RAM ranges: no device memory is delegated to dom0"),
+    }
     for &(s, e) in &dm.ram[..dm.n] {
         frames.add_free_range(Mfn(s / PAGE_SIZE as u64), Mfn(e / PAGE_SIZE as u64));
     }
