@@ -3,9 +3,21 @@
 //! For now it reports what the hypervisor gave it (one item per line), checks that it is
 //! really dom0 (XTF-style `Test result:` line), yields `yields=N` times (default 50) so
 //! other domains can run, then, with `sleep_ms=N`, sleeps (blocked, costing no CPU) for
-//! N ms of system time, and powers off (crash if the check failed). Real-device
-//! drivers, backends, xenstore and the toolstack come later.
+//! N ms of system time, and powers off (crash if the check failed).
+//!
+//! dom0 is also the driver domain for the real disk: with `blktest=1` or `blkbench=1` it
+//! drives QEMU's virtio-blk-pci itself ([`blkmode`]; PCI configuration through the
+//! ports the hypervisor delegates, BARs mapped through the `iomem` permission, DMA at
+//! machine addresses). Backends, xenstore and the toolstack come later.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+
+pub mod blkmode;
+#[cfg(target_os = "none")]
+pub mod disk;
+pub mod dma;
+pub mod pci;
+#[cfg(target_os = "none")]
+pub mod virtio;
 
 use pv_guest_kernel::abi::hypercall::ShutdownReason;
 use pv_guest_kernel::abi::start_info::{cstr, StartInfo, SIF_INITDOMAIN, SIF_PRIVILEGED};
@@ -104,6 +116,19 @@ fn dom0_main(si: &'static StartInfo) -> ! {
         format_args!("at least one module ({})", si.nr_modules),
         !si.modules().is_empty(),
     );
+    #[cfg(target_os = "none")]
+    {
+        if cmdline.u64_or("blktest", 0) != 0 {
+            blkmode::blktest(&mut c);
+        }
+        if cmdline.u64_or("blkbench", 0) != 0 {
+            blkmode::blkbench(
+                &mut c,
+                cmdline.u64_or("blkbench_mib", 16),
+                cmdline.u64_or("blkbench_ops", 2000),
+            );
+        }
+    }
     let ok = c.report();
 
     let yields = cmdline.u64_or("yields", DEFAULT_YIELDS);

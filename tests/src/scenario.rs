@@ -41,6 +41,7 @@ pub struct Scenario {
     icount: bool,
     extra: Vec<String>,
     native: Option<String>,
+    disks: Vec<PathBuf>,
 }
 
 impl Scenario {
@@ -56,7 +57,15 @@ impl Scenario {
             icount: false,
             extra: Vec::new(),
             native: None,
+            disks: Vec::new(),
         }
+    }
+
+    /// Attaches the raw image file `path` as a virtio-blk-pci disk (dom0 drives the
+    /// first one). The file is used in place: the host can inspect it after `run`.
+    pub fn disk(mut self, path: impl Into<PathBuf>) -> Self {
+        self.disks.push(path.into());
+        self
     }
 
     /// Boots the guest kernel directly on the machine (no hypervisor, no dom0) with
@@ -133,6 +142,7 @@ impl Scenario {
             icount: self.icount,
             extra: self.extra.iter().map(Into::into).collect(),
             native: self.native.clone(),
+            disks: self.disks.clone(),
         };
         let command = spec
             .command()
