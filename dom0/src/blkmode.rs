@@ -38,7 +38,11 @@ pub struct XorShift(u64);
 impl XorShift {
     /// Seeded (a zero seed is replaced: xorshift must not start at 0).
     pub fn new(seed: u64) -> Self {
-        XorShift(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        XorShift(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
     }
 
     /// Next value in `0..n` (`n > 0`).
@@ -66,7 +70,7 @@ pub use run::{blkbench, blktest};
 #[cfg(target_os = "none")]
 mod run {
     use super::*;
-    use crate::disk::{Completion, DmaBuf, Disk, Op, MAX_INFLIGHT};
+    use crate::disk::{Completion, Disk, DmaBuf, Op, MAX_INFLIGHT};
     use crate::virtio;
     use pv_guest_kernel::mm::pv::PvFrames;
     use pv_guest_kernel::xtf::Checker;
@@ -78,7 +82,7 @@ mod run {
     /// DMA arena pages: queue, bounces and up to 16 x 64 KiB buffers.
     const ARENA_PAGES: u64 = 512;
 
-    fn bring_up(c: &mut Checker) -> Option<Disk> {
+    fn bring_up(c: &mut Checker, irq: bool) -> Option<Disk> {
         let si = rt::start_info()?;
         let Some(mut frames) = PvFrames::from_start_info(si) else {
             c.fail("page allocator", "unavailable");
@@ -97,8 +101,20 @@ mod run {
                     d.capacity() / 2048,
                     if d.readonly() { "read-only" } else { "read-write" }
                 );
-                // The frames stay allocated (arena, BAR mappings) for dom0's lifetime.
-                core::mem::forget(frames);
+                // The pages handed out (heap, arena, BAR mappings) stay as they are for
+                // dom0's lifetime; the allocator (`frames`) is not needed any more.
+                let mut d = d;
+                if irq {
+                    match d.enable_irq() {
+                        Ok(port) => println!(
+                            "blk: interrupt line {} bound to event channel port {port}",
+                            d.location.3
+                        ),
+                        Err(e) => c.fail("bind the disk's interrupt (EVTCHNOP_bind_pirq)", e),
+                    }
+                } else {
+                    println!("blk: polling for completions (blkirq=0)");
+                }
                 Some(d)
             }
             Err(e) => {
@@ -109,8 +125,10 @@ mod run {
     }
 
     /// `blktest=1`.
-    pub fn blktest(c: &mut Checker) {
-        let Some(mut d) = bring_up(c) else { return };
+    pub fn blktest(c: &mut Checker, irq: bool) {
+        let Some(mut d) = bring_up(c, irq) else {
+            return;
+        };
         // Sector 0, through a stack buffer (bounced if it straddles machine frames).
         let mut s0 = [0u8; 512];
         c.check_eq("read sector 0", Ok(()), d.read_sync(0, &mut s0));
@@ -194,6 +212,10 @@ mod run {
             c.check_eq(format_args!("refused: {what}"), Err(Error::InvalidParam), r);
         }
         c.check_eq("nothing left in flight", 0, d.inflight());
+        if irq {
+            println!("blk: {} interrupts handled", d.interrupts);
+            c.check("completions arrived by interrupt", d.interrupts > 0);
+        }
     }
 
     /// Runs `count` requests of `len` bytes at offsets from `next`, keeping `depth` in
@@ -235,7 +257,7 @@ mod run {
                     completed += 1;
                     free.iter_mut().find(|f| f.is_none())?.replace(cpl.buf);
                 }
-                None => core::hint::spin_loop(),
+                None => d.wait(),
             }
         }
         Some(time::now_ns() - t0)
@@ -243,8 +265,11 @@ mod run {
 
     /// `blkbench=1`: `blkbench_mib=N` (default 16) of sequential I/O per case, 2000
     /// random reads per case.
-    pub fn blkbench(c: &mut Checker, mib: u64, random_ops: u64) {
-        let Some(mut d) = bring_up(c) else { return };
+    pub fn blkbench(c: &mut Checker, irq: bool, mib: u64, random_ops: u64) {
+        let Some(mut d) = bring_up(c, irq) else {
+            return;
+        };
+        let mode = if irq { "irq" } else { "poll" };
         let cap = d.capacity();
         let seq_len = 64 * 1024;
         let seq_sectors = (seq_len / 512) as u64;
@@ -258,7 +283,7 @@ mod run {
                     Some(ns) => {
                         let (mb, _) = rates(seq_count * seq_len as u64, seq_count, ns);
                         println!(
-                            "blkbench: seq {name} 64KiB qd{depth}: {}.{:02} MB/s ({seq_count} requests, {} ms)",
+                            "blkbench: {mode} seq {name} 64KiB qd{depth}: {}.{:02} MB/s ({seq_count} requests, {} ms)",
                             mb / 100,
                             mb % 100,
                             ns / 1_000_000
@@ -280,7 +305,7 @@ mod run {
                 Some(ns) => {
                     let (_, iops) = rates(random_ops * 4096, random_ops, ns);
                     println!(
-                        "blkbench: rand read 4KiB qd{depth}: {iops} IOPS ({random_ops} requests, {} ms)",
+                        "blkbench: {mode} rand read 4KiB qd{depth}: {iops} IOPS ({random_ops} requests, {} ms)",
                         ns / 1_000_000
                     );
                 }
@@ -296,7 +321,10 @@ mod tests {
 
     #[test]
     fn patterns_are_what_the_host_expects() {
-        assert_eq!(&(0..16).map(sector0_byte).collect::<Vec<_>>(), b"pvh-rs disk 0001");
+        assert_eq!(
+            &(0..16).map(sector0_byte).collect::<Vec<_>>(),
+            b"pvh-rs disk 0001"
+        );
         assert_eq!(sector0_byte(16), 16 * 7 + 3);
         assert_eq!(sector0_byte(511), (511u32 * 7 + 3) as u8);
         assert_eq!(written_byte(8, 0), (8 * 31) as u8 ^ 0x5a);

@@ -10,12 +10,22 @@
 //!                                   completed before it returns is on the host file)
 //! ```
 //!
-//! Completion today is found by polling the used ring (`poll`); the device interrupt is
-//! not yet delivered to dom0 (see docs/ARCHITECTURE.md, devices).
+//! Completion: `disk.enable_irq()` binds the device's legacy interrupt line as a
+//! physical IRQ (`EVTCHNOP_bind_pirq`); `disk.wait()` then blocks dom0 until the event
+//! arrives, acknowledges the device (reading its ISR deasserts INTx) and EOIs the line
+//! (`PHYSDEVOP_eoi`, which unmasks it). Without `enable_irq`, `wait` spins on the used
+//! ring (polling).
+//!
+//! ```text
+//! disk.enable_irq()                 interrupt-driven completion (else polling)
+//! disk.wait()                       block until something may have completed
+//! ```
 
 use crate::pci::{find_virtio_blk, interrupt_line, PortCam};
 use crate::virtio::{self, Ports, PvHal};
 use alloc::boxed::Box;
+use core::sync::atomic::{AtomicBool, Ordering};
+use pv_guest_kernel::events;
 use pv_guest_kernel::mm::pv::PvFrames;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::transport::pci::bus::{BarInfo, Command, MemoryBarType, PciRoot};
@@ -112,6 +122,17 @@ pub struct Disk {
     inflight: usize,
     /// (bus, device, function) and PCI interrupt line, for the log.
     pub location: (u8, u8, u8, u8),
+    /// The bound physical IRQ (line) and its port, once `enable_irq` succeeded.
+    irq: Option<(u32, u32)>,
+    /// Interrupts handled (events seen, device acknowledged, EOIed).
+    pub interrupts: u64,
+}
+
+/// Set by the event handler of the disk's port (one disk per dom0 for now).
+static IRQ_SEEN: AtomicBool = AtomicBool::new(false);
+
+fn irq_handler(_port: u32) {
+    IRQ_SEEN.store(true, Ordering::SeqCst);
 }
 
 impl Disk {
@@ -139,8 +160,9 @@ impl Disk {
                 }
             }
         }
-        let transport = PciTransport::new::<PvHal, _>(&mut root, df)
-            .map_err(|_| ProbeError::Virtio("modern PCI transport (is disable-legacy/modern on?)"))?;
+        let transport = PciTransport::new::<PvHal, _>(&mut root, df).map_err(|_| {
+            ProbeError::Virtio("modern PCI transport (is disable-legacy/modern on?)")
+        })?;
         let blk = VirtIOBlk::new(transport).map_err(|_| ProbeError::Virtio("block device init"))?;
         let slots = Box::new(core::array::from_fn(|_| Slot {
             req: BlkReq::default(),
@@ -152,7 +174,48 @@ impl Disk {
             slots,
             inflight: 0,
             location: (df.bus, df.device, df.function, line),
+            irq: None,
+            interrupts: 0,
         })
+    }
+
+    /// Switches completion to the device's interrupt: binds its legacy line as a
+    /// physical IRQ to an event channel and asks the device to interrupt. Returns the
+    /// port.
+    pub fn enable_irq(&mut self) -> Result<u32, pv_guest_kernel::abi::Errno> {
+        let line = u32::from(self.location.3);
+        events::init()?;
+        let port = virtio::bind_pirq(line)?;
+        events::set_handler(port, Some(irq_handler))?;
+        events::unmask(port)?;
+        self.blk.enable_interrupts();
+        self.irq = Some((line, port));
+        // Upcalls on: the handler notes the interrupt whenever it arrives, even while
+        // dom0 is busy (wait() then acknowledges and EOIs it).
+        events::irq_enable();
+        Ok(port)
+    }
+
+    /// Waits until a request may have completed: blocks for the interrupt's event
+    /// (then acknowledges the device and EOIs the line), or spins once when polling.
+    pub fn wait(&mut self) {
+        let Some((line, _)) = self.irq else {
+            core::hint::spin_loop();
+            return;
+        };
+        let blk = &mut self.blk;
+        let _ = events::wait_for(|| IRQ_SEEN.load(Ordering::SeqCst) || blk.peek_used().is_some());
+        self.service_irq(line);
+    }
+
+    /// If the interrupt's event arrived: acknowledge the device (reading the ISR
+    /// deasserts INTx) and only then EOI the line, which the hypervisor unmasks.
+    fn service_irq(&mut self, line: u32) {
+        if IRQ_SEEN.swap(false, Ordering::SeqCst) {
+            self.blk.ack_interrupt();
+            let _ = virtio::pirq_eoi(line);
+            self.interrupts += 1;
+        }
     }
 
     /// Capacity in 512-byte sectors.
@@ -183,9 +246,11 @@ impl Disk {
     ) -> Result<(), (Error, DmaBuf)> {
         let sectors = (len / SECTOR_SIZE) as u64;
         if len == 0
-            || len % SECTOR_SIZE != 0
+            || !len.is_multiple_of(SECTOR_SIZE)
             || len > buf.as_slice().len()
-            || sector.checked_add(sectors).is_none_or(|end| end > self.capacity())
+            || sector
+                .checked_add(sectors)
+                .is_none_or(|end| end > self.capacity())
         {
             return Err((Error::InvalidParam, buf));
         }
@@ -202,12 +267,14 @@ impl Disk {
         // same three buffers.
         let token = unsafe {
             match op {
-                Op::Read => self
-                    .blk
-                    .read_blocks_nb(sector as usize, &mut slot.req, data, &mut slot.resp),
-                Op::Write => self
-                    .blk
-                    .write_blocks_nb(sector as usize, &mut slot.req, data, &mut slot.resp),
+                Op::Read => {
+                    self.blk
+                        .read_blocks_nb(sector as usize, &mut slot.req, data, &mut slot.resp)
+                }
+                Op::Write => {
+                    self.blk
+                        .write_blocks_nb(sector as usize, &mut slot.req, data, &mut slot.resp)
+                }
             }
         };
         match token {
@@ -222,6 +289,9 @@ impl Disk {
 
     /// One finished request, if any (in the device's completion order).
     pub fn poll(&mut self) -> Option<Completion> {
+        if let Some((line, _)) = self.irq {
+            self.service_irq(line);
+        }
         let token = self.blk.peek_used()?;
         let i = self
             .slots
@@ -250,7 +320,7 @@ impl Disk {
         while self.inflight > 0 {
             match self.poll() {
                 Some(c) => out(c),
-                None => core::hint::spin_loop(),
+                None => self.wait(),
             }
         }
     }

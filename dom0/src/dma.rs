@@ -192,12 +192,14 @@ mod tests {
 
     #[test]
     fn contiguity_of_arbitrary_buffers() {
-        let t = |va: u64| Some(match va / PAGE {
-            0 => 7,
-            1 => 8,
-            2 => 3,
-            _ => 100,
-        });
+        let t = |va: u64| {
+            Some(match va / PAGE {
+                0 => 7,
+                1 => 8,
+                2 => 3,
+                _ => 100,
+            })
+        };
         assert_eq!(contiguous_maddr(t, 100, 4000), Some(7 * PAGE + 100));
         assert_eq!(contiguous_maddr(t, 4000, 1000), Some(7 * PAGE + 4000));
         assert_eq!(contiguous_maddr(t, 4000, 5000), None, "page 2 jumps back");

@@ -119,11 +119,12 @@ fn dom0_main(si: &'static StartInfo) -> ! {
     #[cfg(target_os = "none")]
     {
         if cmdline.u64_or("blktest", 0) != 0 {
-            blkmode::blktest(&mut c);
+            blkmode::blktest(&mut c, cmdline.u64_or("blkirq", 1) != 0);
         }
         if cmdline.u64_or("blkbench", 0) != 0 {
             blkmode::blkbench(
                 &mut c,
+                cmdline.u64_or("blkirq", 1) != 0,
                 cmdline.u64_or("blkbench_mib", 16),
                 cmdline.u64_or("blkbench_ops", 2000),
             );

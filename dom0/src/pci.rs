@@ -73,8 +73,11 @@ mod tests {
 
     /// A simulated bus 0: a host bridge at 00:00.0, a NIC at 00:03.0 and a virtio block
     /// device at 00:04.0 (interrupt line 11). Tracks CONFIG_ADDRESS like the chipset.
+    /// CONFIG_ADDRESS and every (address, value) written to CONFIG_DATA.
+    type State = (u32, Vec<(u32, u32)>);
+
     #[derive(Clone, Default)]
-    struct Bus(Rc<RefCell<(u32, Vec<(u32, u32)>)>>);
+    struct Bus(Rc<RefCell<State>>);
 
     impl Bus {
         fn space(addr: u32) -> u32 {

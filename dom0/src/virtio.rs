@@ -43,13 +43,17 @@ impl PortIo for Ports {
     fn inl(&self, port: u16) -> u32 {
         let v: u32;
         // SAFETY: port input has no memory effects; the hypervisor decides what it reaches.
-        unsafe { core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack))
+        };
         v
     }
 
     fn outl(&self, port: u16, value: u32) {
         // SAFETY: as `inl`; dom0 only writes PCI configuration ports through this.
-        unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack))
+        };
     }
 }
 
@@ -83,12 +87,8 @@ pub fn setup(frames: &mut PvFrames, heap_pages: u64, arena_pages: u64) -> Result
     let bits = alloc::vec![0u64; 2 * words].leak();
     let (f, b) = bits.split_at_mut(words);
     let pool = PagePool::new(Pfn(0), arena_pages, f, b).ok_or("arena bitmaps")?;
-    let arena = DmaArena::new(
-        va + heap_pages * PAGE,
-        (mfn + heap_pages) * PAGE,
-        pool,
-    )
-    .ok_or("arena alignment")?;
+    let arena = DmaArena::new(va + heap_pages * PAGE, (mfn + heap_pages) * PAGE, pool)
+        .ok_or("arena alignment")?;
     *ARENA.lock() = Some(arena);
     Ok(())
 }
@@ -123,7 +123,11 @@ pub fn dma_pages(pages: u64) -> Option<(u64, u64)> {
 
 /// Returns pages from [`dma_pages`].
 pub fn free_dma_pages(maddr: u64, pages: u64) -> Result<(), Errno> {
-    ARENA.lock().as_mut().ok_or(Errno::EINVAL)?.free(maddr, pages)
+    ARENA
+        .lock()
+        .as_mut()
+        .ok_or(Errno::EINVAL)?
+        .free(maddr, pages)
 }
 
 /// Free arena pages.
@@ -180,10 +184,15 @@ unsafe impl Hal for PvHal {
         if direction != BufferDirection::DeviceToDriver {
             // SAFETY: the caller guarantees `buffer` is valid for reads of `len` bytes;
             // the bounce pages are ours and at least `len` long.
-            unsafe { core::ptr::copy_nonoverlapping(va as *const u8, bva as *mut u8, len as usize) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(va as *const u8, bva as *mut u8, len as usize)
+            };
         }
         let mut b = BOUNCES.lock();
-        let slot = b.iter_mut().find(|s| s.1 == 0).expect("too many bounce buffers");
+        let slot = b
+            .iter_mut()
+            .find(|s| s.1 == 0)
+            .expect("too many bounce buffers");
         *slot = (m, pages);
         m
     }
@@ -211,4 +220,37 @@ unsafe impl Hal for PvHal {
         }
         let _ = free_dma_pages(m, pages);
     }
+}
+
+/// `EVTCHNOP_bind_pirq`: binds legacy line `pirq` to a new port of ours (dom0 only).
+pub fn bind_pirq(pirq: u32) -> Result<u32, Errno> {
+    let mut b = pv_guest_kernel::abi::event_channel::EvtchnBindPirq {
+        pirq,
+        flags: 0,
+        port: 0,
+    };
+    let ptr = &mut b as *mut _ as u64;
+    // SAFETY: the hypervisor reads and writes the 12-byte structure at `ptr`, a live
+    // exclusive borrow of plain integers.
+    let ret = unsafe {
+        hv::default_path()
+            .event_channel_op_raw(pv_guest_kernel::abi::event_channel::EVTCHNOP_BIND_PIRQ, ptr)
+    };
+    Errno::from_ret(ret)?;
+    // SAFETY: `b` is live; a volatile read sees what the hypervisor wrote.
+    Ok(unsafe { core::ptr::read_volatile(&b) }.port)
+}
+
+/// `PHYSDEVOP_eoi`: the device was serviced; the hypervisor unmasks the line.
+pub fn pirq_eoi(pirq: u32) -> Result<(), Errno> {
+    use pv_guest_kernel::abi::physdev::{PhysdevEoi, PHYSDEVOP_EOI};
+    let e = PhysdevEoi { irq: pirq };
+    // SAFETY: the hypervisor only reads the 4-byte structure at the pointer.
+    let ret = unsafe {
+        hv::default_path().call(
+            pv_guest_kernel::abi::HypercallNr::PhysdevOp as u64,
+            [PHYSDEVOP_EOI, &e as *const _ as u64, 0, 0, 0],
+        )
+    };
+    Errno::from_ret(ret).map(|_| ())
 }

@@ -6,8 +6,8 @@
 //! validated by the executor in [`crate::hv`] before it acts on them.
 
 use abi::event_channel::{
-    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_VIRQ, EVTCHNOP_CLOSE,
-    EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK,
+    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_PIRQ, EVTCHNOP_BIND_VIRQ,
+    EVTCHNOP_CLOSE, EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK,
 };
 use abi::grant_table::{
     GNTTABOP_COPY, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE, GNTTABOP_SETUP_TABLE,
@@ -128,6 +128,13 @@ pub enum Hypercall {
         /// Guest pointer to the command's structure.
         arg: u64,
     },
+    /// `physdev_op(cmd, arg)` with a known `cmd` (`PHYSDEVOP_EOI`).
+    Physdev {
+        /// `PHYSDEVOP_*`.
+        cmd: u64,
+        /// Guest pointer to the command's structure.
+        arg: u64,
+    },
     /// `memory_op(cmd, arg)`.
     MemoryOp {
         /// Sub-command (`XENMEM_*`, one of the implemented ones).
@@ -181,6 +188,7 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             | EVTCHNOP_SEND
             | EVTCHNOP_STATUS
             | EVTCHNOP_ALLOC_UNBOUND
+            | EVTCHNOP_BIND_PIRQ
             | EVTCHNOP_UNMASK => Ok(Hypercall::EventChannel {
                 cmd: a[0],
                 arg: a[1],
@@ -255,6 +263,13 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
                     count: a[2],
                 })
             }
+            _ => Err(Errno::ENOSYS),
+        },
+        HypercallNr::PhysdevOp => match a[0] {
+            abi::physdev::PHYSDEVOP_EOI => Ok(Hypercall::Physdev {
+                cmd: a[0],
+                arg: a[1],
+            }),
             _ => Err(Errno::ENOSYS),
         },
         // Known to the ABI, implemented by later parts of the hypervisor.

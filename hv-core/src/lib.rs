@@ -44,6 +44,7 @@ pub mod m2p;
 pub mod mem;
 pub mod mm;
 pub mod paging;
+pub mod pirq;
 pub mod pod;
 pub mod ptwr_decode;
 pub mod sched;

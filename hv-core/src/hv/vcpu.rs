@@ -382,6 +382,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         }
         match self.earliest_timer() {
             Some(t) => Next::Idle { deadline: Some(t) },
+            // A bound physical IRQ can still wake its owner.
+            None if self.pirqs.any_bound() => Next::Idle { deadline: None },
             None => {
                 // Everyone waits for an event nobody can send: a guest bug, reported
                 // rather than hanging forever.
