@@ -156,7 +156,11 @@ impl Disk {
             } = bar
             {
                 if *size > 0 && *address != 0 && *address_type != MemoryBarType::Below1MiB {
-                    virtio::map_mmio(frames, *address, *size).map_err(ProbeError::Map)?;
+                    let va = virtio::map_mmio(frames, *address, *size).map_err(ProbeError::Map)?;
+                    pv_guest_kernel::println!(
+                        "blk: BAR at maddr {address:#x} ({} KiB) mapped uncached at {va:#x}",
+                        size / 1024
+                    );
                 }
             }
         }

@@ -319,6 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn disks_are_modern_virtio_blk_devices_in_order() {
+        let mut spec = BootSpec::new("/img", Accel::Tcg);
+        spec.disks = vec!["/tmp/a.img".into(), "/tmp/b,c.img".into()];
+        let args = strings(&spec.args().unwrap());
+        assert!(args.windows(4).any(|w| w
+            == [
+                "-drive",
+                "file=/tmp/a.img,format=raw,if=none,id=disk0,cache=writeback",
+                "-device",
+                "virtio-blk-pci,drive=disk0,disable-legacy=on"
+            ]));
+        assert!(
+            args.iter()
+                .any(|a| a == "file=/tmp/b,,c.img,format=raw,if=none,id=disk1,cache=writeback"),
+            "commas in the path are escaped: {args:?}"
+        );
+    }
+
+    #[test]
     fn printable_command_line() {
         let spec = BootSpec::new("/img", Accel::Tcg);
         let line = spec.command_line().unwrap();
