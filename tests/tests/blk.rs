@@ -122,3 +122,28 @@ fn an_unprivileged_guest_is_refused_the_device_while_dom0_drives_it() {
     check_image(&path);
     let _ = fs::remove_file(&path);
 }
+
+#[test]
+fn the_disk_interrupt_wakes_a_blocked_dom0() {
+    // A tiny blkbench run (figures are not checked): its random reads wait by blocking,
+    // so each completion must come back as the pirq's event, through the idle loop.
+    let path = image("blkwake");
+    let o = Scenario::new("blk-irq-wakes-dom0")
+        .dom0("blkbench=1 blkbench_mib=1 blkbench_ops=50 yields=0")
+        .disk(&path)
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_line_starting("[d0] blkbench: irq rand read 4KiB qd1: ");
+    let blocked = o.number_after("[d0] blkbench: ", "dom0 blocked ");
+    let interrupts = o.number_after("[d0] blkbench: ", "blkbench: ");
+    o.expect(
+        matches!(blocked, Some(n) if n > 0),
+        format_args!("dom0 blocked waiting for the disk: {blocked:?}"),
+    )
+    .expect(
+        matches!(interrupts, Some(n) if n > 0),
+        format_args!("interrupts handled: {interrupts:?}"),
+    );
+    let _ = fs::remove_file(&path);
+}
