@@ -329,6 +329,31 @@ mod tests {
     }
 
     #[test]
+    fn physical_irq_calls() {
+        assert_eq!(
+            decode(32, [EVTCHNOP_BIND_PIRQ, 0x40, 0, 0, 0]),
+            Ok(Hypercall::EventChannel {
+                cmd: EVTCHNOP_BIND_PIRQ,
+                arg: 0x40
+            })
+        );
+        assert_eq!(
+            decode(33, [abi::physdev::PHYSDEVOP_EOI, 0x40, 0, 0, 0]),
+            Ok(Hypercall::Physdev {
+                cmd: abi::physdev::PHYSDEVOP_EOI,
+                arg: 0x40
+            })
+        );
+        for cmd in [0, 5, 11, 13, u64::MAX] {
+            assert_eq!(
+                decode(33, [cmd, 0x40, 0, 0, 0]),
+                Err(Errno::ENOSYS),
+                "physdev {cmd}"
+            );
+        }
+    }
+
+    #[test]
     fn memory_calls() {
         assert_eq!(decode(1, [0x10, 1025, 0, 0x7ff0, 0]), Err(Errno::E2BIG));
         assert_eq!(decode(26, [0x10, 1025, 0, 0x7ff0, 0]), Err(Errno::E2BIG));

@@ -1,4 +1,5 @@
-//! Host tests of physical-IRQ delivery: `EVTCHNOP_bind_pirq`, the line masked from the
+//! Host tests of what the hypervisor delegates to dom0: PCI configuration ports through
+//! trap-and-emulate (and not to a domU), and physical-IRQ delivery: `EVTCHNOP_bind_pirq`, the line masked from the
 //! interrupt until `PHYSDEVOP_eoi`, unbinding on close, refusals for unprivileged or
 //! hostile callers, and idling (not a deadlock) while a bound line can still fire.
 
@@ -179,4 +180,63 @@ fn a_dying_owner_unbinds_and_a_bound_line_keeps_idle_from_being_a_deadlock() {
         },
     );
     assert_eq!(masks(), [(11, true)]);
+}
+
+thread_local! {
+    /// Every real port access emulation performed: (port, size, value or u32::MAX for in).
+    static PORTS: RefCell<Vec<(u16, u8, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `bytes` as the current domain after a #GP at them; returns whether it survived.
+fn run_trapped(t: &mut T, bytes: &[u8], rdx: u64, rax: u64) -> bool {
+    let code = t.scratch + 4096;
+    t.poke(code, bytes);
+    t.regs.rip = code;
+    t.regs.rdx = rdx;
+    t.regs.rax = rax;
+    let id = t.cur();
+    t.hv.guest_fault(
+        &mut t.regs,
+        GuestFault {
+            vector: 13,
+            error_code: 0,
+            cr2: 0,
+        },
+    );
+    !t.hv.console.out.contains(&format!("{id} crashed"))
+}
+
+#[test]
+fn dom0_reaches_pci_configuration_and_a_domu_does_not() {
+    let mut t = T::new();
+    t.hv.set_hardware(
+        |port, size| {
+            PORTS.with(|p| p.borrow_mut().push((port, size, u32::MAX)));
+            0x1234_1af4
+        },
+        |port, size, v| PORTS.with(|p| p.borrow_mut().push((port, size, v))),
+        |_, _| [0; 4],
+    );
+    // dom0: out dx, eax (CONFIG_ADDRESS), then in eax, dx (CONFIG_DATA).
+    assert!(run_trapped(&mut t, &[0xef], 0xcf8, 0x8000_2000));
+    assert!(run_trapped(&mut t, &[0xed], 0xcfc, 0));
+    assert_eq!(
+        t.regs.rax & 0xffff_ffff,
+        0x1234_1af4,
+        "the real port's value"
+    );
+    // The reset-control byte stays the hypervisor's: #GP, which dom0 has no handler for.
+    let seen = PORTS.with(|p| core::mem::take(&mut *p.borrow_mut()));
+    assert_eq!(seen, [(0xcf8, 4, 0x8000_2000), (0xcfc, 4, u32::MAX)]);
+    // A domU: the same access faults and reaches no port.
+    t.yield_to(DomId(1));
+    assert!(!run_trapped(&mut t, &[0xef], 0xcf8, 0x8000_2000));
+    assert!(PORTS.with(|p| p.borrow().is_empty()), "no port reached");
+    // dom0's byte access to 0xcf9 (out dx, al) is refused too.
+    t.yield_to(DomId(0));
+    assert!(!run_trapped(&mut t, &[0xee], 0xcf9, 6));
+    assert!(
+        PORTS.with(|p| p.borrow().is_empty()),
+        "reset control untouched"
+    );
 }
