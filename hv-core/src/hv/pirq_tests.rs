@@ -1,7 +1,8 @@
 //! Host tests of what the hypervisor delegates to dom0: PCI configuration ports through
-//! trap-and-emulate (and not to a domU), and physical-IRQ delivery: `EVTCHNOP_bind_pirq`, the line masked from the
-//! interrupt until `PHYSDEVOP_eoi`, unbinding on close, refusals for unprivileged or
-//! hostile callers, and idling (not a deadlock) while a bound line can still fire.
+//! trap-and-emulate (and not to a domU), and physical-IRQ delivery: `EVTCHNOP_bind_pirq`,
+//! the line masked from the interrupt until `PHYSDEVOP_eoi`, unbinding on close,
+//! refusals for unprivileged or hostile callers, and idling (not a deadlock) while a
+//! bound line can still fire.
 
 use super::*;
 use crate::evtchn;
