@@ -18,6 +18,8 @@ pub const EVTCHNOP_BIND_INTERDOMAIN: u64 = 0;
 pub const EVTCHNOP_BIND_VIRQ: u64 = 1;
 /// Close a port ([`EvtchnPort`]); an interdomain peer goes back to unbound.
 pub const EVTCHNOP_CLOSE: u64 = 3;
+/// Bind a physical IRQ (dom0 only; see [`crate::physdev`]).
+pub const EVTCHNOP_BIND_PIRQ: u64 = 2;
 /// Notify the other end of a port ([`EvtchnPort`]); on an unbound port: dropped.
 pub const EVTCHNOP_SEND: u64 = 4;
 /// Query a port ([`EvtchnStatus`]).
@@ -81,6 +83,23 @@ pub struct EvtchnBindVirq {
 }
 const _: () = assert!(core::mem::size_of::<EvtchnBindVirq>() == 12);
 
+/// `EVTCHNOP_BIND_PIRQ` (12 bytes, Xen's `evtchn_bind_pirq`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvtchnBindPirq {
+    /// `[GUEST]` the physical IRQ: a legacy interrupt line 0..16 (the PCI config
+    /// "interrupt line" of a device under the 8259s).
+    pub pirq: u32,
+    /// `[GUEST]` `BIND_PIRQ__WILL_SHARE` (refused: lines are not shared).
+    pub flags: u32,
+    /// `[HV]` the new port.
+    pub port: u32,
+}
+const _: () = assert!(core::mem::size_of::<EvtchnBindPirq>() == 12);
+
+/// `EvtchnBindPirq::flags`: the guest would share the line with other domains.
+pub const BIND_PIRQ_WILL_SHARE: u32 = 1;
+
 /// `EVTCHNOP_CLOSE`, `EVTCHNOP_SEND`, `EVTCHNOP_UNMASK` (4 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,6 +115,8 @@ pub const EVTCHNSTAT_CLOSED: u32 = 0;
 pub const EVTCHNSTAT_UNBOUND: u32 = 1;
 /// Connected to a remote port.
 pub const EVTCHNSTAT_INTERDOMAIN: u32 = 2;
+/// Bound to a physical IRQ.
+pub const EVTCHNSTAT_PIRQ: u32 = 3;
 /// Bound to a virtual IRQ.
 pub const EVTCHNSTAT_VIRQ: u32 = 4;
 

@@ -27,6 +27,7 @@ pub mod grant_table;
 pub mod hypercall;
 pub mod layout;
 pub mod mm;
+pub mod physdev;
 // The shared ring accesses memory another domain writes concurrently: raw pointers,
 // volatile slot copies and atomics over the page are unavoidable there. Everything else in
 // this crate stays free of `unsafe`.

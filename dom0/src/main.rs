@@ -6,14 +6,25 @@
 //! N ms of system time, and powers off (crash if the check failed). With
 //! `test=ring-backend` it instead serves the domUs' `ring-front` test programs over
 //! grants and event channels (see `backend`); with `test=console-echo` it echoes lines
-//! typed on the serial console (see `console_echo`). Real-device
-//! drivers, backends, xenstore and the toolstack come later.
+//! typed on the serial console (see `console_echo`).
+//!
+//! dom0 is also the driver domain for the real disk: with `blktest=1` or `blkbench=1` it
+//! drives QEMU's virtio-blk-pci itself ([`blkmode`]; PCI configuration through the
+//! ports the hypervisor delegates, BARs mapped through the `iomem` permission, DMA at
+//! machine addresses).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 extern crate alloc;
 
 mod backend;
+pub mod blkmode;
 mod console_echo;
+#[cfg(target_os = "none")]
+pub mod disk;
+pub mod dma;
+pub mod pci;
+#[cfg(target_os = "none")]
+pub mod virtio;
 
 use pv_guest_kernel::abi::hypercall::ShutdownReason;
 use pv_guest_kernel::abi::start_info::{cstr, StartInfo, SIF_INITDOMAIN, SIF_PRIVILEGED};
@@ -117,6 +128,20 @@ fn dom0_main(si: &'static StartInfo) -> ! {
         format_args!("at least one module ({})", si.nr_modules),
         !si.modules().is_empty(),
     );
+    #[cfg(target_os = "none")]
+    {
+        if cmdline.u64_or("blktest", 0) != 0 {
+            blkmode::blktest(&mut c, cmdline.u64_or("blkirq", 1) != 0);
+        }
+        if cmdline.u64_or("blkbench", 0) != 0 {
+            blkmode::blkbench(
+                &mut c,
+                cmdline.u64_or("blkirq", 1) != 0,
+                cmdline.u64_or("blkbench_mib", 16),
+                cmdline.u64_or("blkbench_ops", 2000),
+            );
+        }
+    }
     let ok = c.report();
 
     let yields = cmdline.u64_or("yields", DEFAULT_YIELDS);

@@ -46,6 +46,8 @@ pub enum PortState {
     },
     /// Bound to a virtual IRQ.
     Virq(u32),
+    /// Bound to a physical IRQ (a legacy line; [`crate::pirq`]).
+    Pirq(u32),
 }
 
 impl PortState {
@@ -58,6 +60,7 @@ impl PortState {
                 remote_port,
             } => 2 | u64::from(remote.0) << 16 | u64::from(remote_port) << 32,
             PortState::Virq(v) => 4 | u64::from(v) << 32,
+            PortState::Pirq(l) => 3 | u64::from(l) << 32,
         }
     }
 
@@ -71,6 +74,7 @@ impl PortState {
                 remote_port: hi,
             },
             4 => PortState::Virq(hi),
+            3 => PortState::Pirq(hi),
             _ => PortState::Free,
         }
     }

@@ -142,6 +142,8 @@ pub struct FrameTable<'a> {
     free: usize,
     /// Where the next allocation search starts (keeps allocation O(1) amortised).
     hint: usize,
+    /// Which non-RAM frames are device memory (set once the memory map is known).
+    iomem: crate::iomem::IoMem,
 }
 
 impl<'a> FrameTable<'a> {
@@ -152,6 +154,7 @@ impl<'a> FrameTable<'a> {
             entries,
             free: 0,
             hint: 0,
+            iomem: crate::iomem::IoMem::NONE,
         }
     }
 
@@ -164,6 +167,7 @@ impl<'a> FrameTable<'a> {
             entries,
             free,
             hint: 0,
+            iomem: crate::iomem::IoMem::NONE,
         }
     }
 
@@ -290,6 +294,20 @@ impl<'a> FrameTable<'a> {
     /// Per-frame info, `None` beyond the table.
     pub fn info(&self, mfn: Mfn) -> Option<&FrameInfo> {
         self.entries.get(usize::try_from(mfn.0).ok()?)
+    }
+
+    /// Sets which non-RAM frames are device memory (boot, from the memory map).
+    pub fn set_iomem(&mut self, iomem: crate::iomem::IoMem) {
+        self.iomem = iomem;
+    }
+
+    /// Whether `mfn` is device memory a privileged domain may map without references:
+    /// permitted by the memory map ([`crate::iomem::IoMem::permits`]) *and* never a frame
+    /// this table could hand out (beyond the table, or `Reserved`, which never changes
+    /// after boot). A pure function of boot-time state, so `mm` taking and dropping
+    /// references always agree on it.
+    pub fn is_iomem(&self, mfn: Mfn) -> bool {
+        self.iomem.permits(mfn.0) && self.info(mfn).is_none_or(|f| f.owner == Owner::Reserved)
     }
 
     /// Mutable per-frame info, `None` beyond the table.

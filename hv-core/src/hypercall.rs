@@ -6,8 +6,8 @@
 //! validated by the executor in [`crate::hv`] before it acts on them.
 
 use abi::event_channel::{
-    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_VIRQ, EVTCHNOP_CLOSE,
-    EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK,
+    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_PIRQ, EVTCHNOP_BIND_VIRQ,
+    EVTCHNOP_CLOSE, EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK,
 };
 use abi::grant_table::{
     GNTTABOP_COPY, GNTTABOP_MAP_GRANT_REF, GNTTABOP_QUERY_SIZE, GNTTABOP_SETUP_TABLE,
@@ -142,6 +142,13 @@ pub enum Hypercall {
         /// Guest pointer to the command's structure.
         arg: u64,
     },
+    /// `physdev_op(cmd, arg)` with a known `cmd` (`PHYSDEVOP_EOI`).
+    Physdev {
+        /// `PHYSDEVOP_*`.
+        cmd: u64,
+        /// Guest pointer to the command's structure.
+        arg: u64,
+    },
     /// `memory_op(cmd, arg)`.
     MemoryOp {
         /// Sub-command (`XENMEM_*`, one of the implemented ones).
@@ -195,6 +202,7 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             | EVTCHNOP_SEND
             | EVTCHNOP_STATUS
             | EVTCHNOP_ALLOC_UNBOUND
+            | EVTCHNOP_BIND_PIRQ
             | EVTCHNOP_UNMASK => Ok(Hypercall::EventChannel {
                 cmd: a[0],
                 arg: a[1],
@@ -277,6 +285,13 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             }
             _ => Err(Errno::ENOSYS),
         },
+        HypercallNr::PhysdevOp => match a[0] {
+            abi::physdev::PHYSDEVOP_EOI => Ok(Hypercall::Physdev {
+                cmd: a[0],
+                arg: a[1],
+            }),
+            _ => Err(Errno::ENOSYS),
+        },
         // Known to the ABI, implemented by later parts of the hypervisor.
         _ => Err(Errno::ENOSYS),
     }
@@ -343,6 +358,31 @@ mod tests {
     fn unknown_and_unimplemented_are_enosys() {
         for nr in [11, 31, 47, 56, 1000, u64::MAX, 2, 36] {
             assert_eq!(decode(nr, [0; 5]), Err(Errno::ENOSYS), "nr {nr}");
+        }
+    }
+
+    #[test]
+    fn physical_irq_calls() {
+        assert_eq!(
+            decode(32, [EVTCHNOP_BIND_PIRQ, 0x40, 0, 0, 0]),
+            Ok(Hypercall::EventChannel {
+                cmd: EVTCHNOP_BIND_PIRQ,
+                arg: 0x40
+            })
+        );
+        assert_eq!(
+            decode(33, [abi::physdev::PHYSDEVOP_EOI, 0x40, 0, 0, 0]),
+            Ok(Hypercall::Physdev {
+                cmd: abi::physdev::PHYSDEVOP_EOI,
+                arg: 0x40
+            })
+        );
+        for cmd in [0, 5, 11, 13, u64::MAX] {
+            assert_eq!(
+                decode(33, [cmd, 0x40, 0, 0, 0]),
+                Err(Errno::ENOSYS),
+                "physdev {cmd}"
+            );
         }
     }
 

@@ -203,6 +203,12 @@ impl<'x, 'f, M: MachineMemory> Mm<'x, 'f, M> {
             return Err(Errno::EINVAL);
         }
         let target = entry_mfn(e);
+        if level == 1 && actor.privileged && self.frames.is_iomem(target) {
+            // Device memory (`iomem`): a privileged domain may map it, writable and
+            // uncached included; it has no owner and no counts. Anyone else falls
+            // through to the ownership checks below, which refuse it.
+            return Ok(());
+        }
         if level == 1 {
             self.get_ref(target, actor, true)?;
             if e & PTE_RW != 0 {
@@ -229,6 +235,9 @@ impl<'x, 'f, M: MachineMemory> Mm<'x, 'f, M> {
             return;
         }
         let target = entry_mfn(e);
+        if level == 1 && self.frames.is_iomem(target) {
+            return; // device memory: no references were taken
+        }
         if level > 1 || e & PTE_RW != 0 {
             self.put_type(target);
         }
@@ -456,6 +465,9 @@ pub fn audit_with(
                 continue; // counted by the grant tables' own audit
             }
             let t = entry_mfn(e);
+            if level == 1 && frames.is_iomem(t) {
+                continue; // device memory holds no counts
+            }
             bump(&mut rc, t);
             if level > 1 {
                 bump(&mut tc, t);
@@ -584,8 +596,15 @@ mod tests {
     /// Re-wraps existing entries without resetting them (tests only).
     struct FrameTableView<'a>(FrameTable<'a>);
     impl<'a> FrameTableView<'a> {
+        /// Frames 0..4 are RAM reserved by the hypervisor, 4..8 a hole (device memory),
+        /// 8..64 RAM; frames from 64 on are beyond the table (device memory too).
         fn new(entries: &'a mut [FrameInfo]) -> Self {
-            FrameTableView(FrameTable::from_existing(entries))
+            let mut ft = FrameTable::from_existing(entries);
+            ft.set_iomem(
+                crate::iomem::IoMem::from_ram_ranges(&[(0, 4 * 4096), (8 * 4096, 64 * 4096)])
+                    .unwrap(),
+            );
+            FrameTableView(ft)
         }
     }
 
@@ -857,6 +876,59 @@ mod tests {
         Release(usize, u64),
     }
 
+    #[test]
+    fn device_memory_is_mappable_by_the_privileged_domain_only() {
+        let mut w = World::new();
+        // P's tree: L4 40 -> L3 41 -> L2 42 -> L1 43.
+        w.poke(40, 1, e(41, PTE_RW));
+        w.poke(41, 0, e(42, PTE_RW));
+        w.poke(42, 0, e(43, PTE_RW));
+        w.with(|mm| mm.pin(Mfn(40), 4, P)).unwrap();
+        tree(&mut w);
+        w.with(|mm| mm.pin(Mfn(8), 4, A)).unwrap();
+        const PCD_PWT: u64 = 0x18;
+        let (pl1, al1) = (43 * 4096, 11 * 4096);
+        // dom0: a hole frame and a frame beyond RAM, writable and uncached.
+        w.with(|mm| mm.update_entry(pl1 + 8, e(5, PTE_RW | PCD_PWT), P))
+            .unwrap();
+        w.with(|mm| mm.update_entry(pl1 + 16, e(1 << 20, PTE_RW | PCD_PWT), P))
+            .unwrap();
+        assert_eq!(w.info(5).ref_count, 0, "device memory holds no counts");
+        w.audit(&[]);
+        // Never the hypervisor's RAM frames, even for dom0.
+        assert_eq!(
+            w.with(|mm| mm.update_entry(pl1 + 24, e(2, PTE_RW), P)),
+            Err(Errno::EPERM)
+        );
+        // Nor the hypervisor's interrupt controllers.
+        assert_eq!(
+            w.with(|mm| mm.update_entry(pl1 + 24, e(0xfee00, PTE_RW | PCD_PWT), P)),
+            Err(Errno::EINVAL)
+        );
+        // Nor another domain's page table (RAM rules unchanged).
+        assert_eq!(
+            w.with(|mm| mm.update_entry(pl1 + 24, e(11, PTE_RW), P)),
+            Err(Errno::EINVAL)
+        );
+        // An unprivileged domain gets none of it.
+        assert_eq!(
+            w.with(|mm| mm.update_entry(al1 + 8 * 5, e(5, PTE_RW), A)),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            w.with(|mm| mm.update_entry(al1 + 8 * 5, e(1 << 20, 0), A)),
+            Err(Errno::EINVAL)
+        );
+        // Unmapping and tearing down leave nothing behind.
+        w.with(|mm| mm.update_entry(pl1 + 8, 0, P)).unwrap();
+        w.audit(&[]);
+        w.with(|mm| mm.drop_domain_refs(P.dom, None));
+        w.with(|mm| mm.drop_domain_refs(A.dom, None));
+        for (m, f) in w.entries.iter().enumerate() {
+            assert!(f.unused(), "frame {m} still used: {f:?}");
+        }
+    }
+
     fn actor(i: usize) -> Actor {
         [A, B, P][i % 3]
     }
@@ -874,7 +946,7 @@ mod tests {
         prop_oneof![
             1 => (0usize..3, frame.clone(), 1u32..=4).prop_map(|(a, m, l)| Op::Pin(a, m, l)),
             1 => (0usize..3, frame.clone()).prop_map(|(a, m)| Op::Unpin(a, m)),
-            4 => (0usize..3, frame.clone(), index, frame.clone(), flags).prop_map(|(a, t, i, m, f)| Op::Update(a, t, i, m, f)),
+            4 => (0usize..3, frame.clone(), index, 0u64..68, flags).prop_map(|(a, t, i, m, f)| Op::Update(a, t, i, m, f)),
             1 => (0usize..3, frame.clone()).prop_map(|(a, m)| Op::Base(a, m)),
             1 => (0usize..3, frame).prop_map(|(a, m)| Op::Release(a, m)),
         ]

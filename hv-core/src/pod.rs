@@ -6,7 +6,8 @@
 //! a valid value, which the impls below justify one by one.
 
 use abi::event_channel::{
-    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnPort, EvtchnStatus,
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindPirq, EvtchnBindVirq, EvtchnPort,
+    EvtchnStatus,
 };
 use abi::hypercall::{MulticallEntry, SchedShutdown, XenFeatureInfo};
 use abi::mm::{MachphysMapping, MemoryReservation, MmuUpdate, MmuextOp};
@@ -79,6 +80,10 @@ unsafe impl Pod for EvtchnAllocUnbound {}
 unsafe impl Pod for EvtchnBindInterdomain {}
 // SAFETY: repr(C) {u32, u32, u32} = 12 bytes (asserted): no padding, integers.
 unsafe impl Pod for EvtchnBindVirq {}
+// SAFETY: repr(C) {u32, u32, u32} = 12 bytes (asserted): no padding, integers.
+unsafe impl Pod for EvtchnBindPirq {}
+// SAFETY: repr(C) {u32} = 4 bytes (asserted): no padding, integer.
+unsafe impl Pod for abi::physdev::PhysdevEoi {}
 // SAFETY: repr(C) {u32}: no padding, integer.
 unsafe impl Pod for EvtchnPort {}
 // SAFETY: repr(C) {u16, u16, u32 x 5} = 24 bytes (asserted): no padding, integers.

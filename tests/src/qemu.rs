@@ -88,6 +88,9 @@ pub struct BootSpec {
     /// Boot the guest kernel itself on the bare (emulated) machine with these
     /// arguments, instead of the hypervisor: the guest's native mode (issue 5).
     pub native: Option<String>,
+    /// Raw disk images, each attached as a modern-only virtio-blk-pci device (in order:
+    /// the first is the first virtio-blk on bus 0, which dom0 drives).
+    pub disks: Vec<PathBuf>,
 }
 
 impl BootSpec {
@@ -102,6 +105,7 @@ impl BootSpec {
             icount: false,
             extra: Vec::new(),
             native: None,
+            disks: Vec::new(),
         }
     }
 
@@ -123,6 +127,17 @@ impl BootSpec {
         }
         if self.icount {
             push(&["-icount", "shift=0,sleep=off"]);
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            // `disable-legacy=on`: the modern (MMIO BAR + capabilities) transport only,
+            // which is what virtio-drivers' PciTransport speaks.
+            let mut drive = OsString::from("file=");
+            drive.push(escape_commas(&disk.to_string_lossy()));
+            drive.push(format!(",format=raw,if=none,id=disk{i},cache=writeback"));
+            args.push("-drive".into());
+            args.push(drive);
+            args.push("-device".into());
+            args.push(format!("virtio-blk-pci,drive=disk{i},disable-legacy=on").into());
         }
 
         if let Some(native_args) = &self.native {
@@ -301,6 +316,25 @@ mod tests {
         assert!(args
             .windows(2)
             .any(|w| w == ["-icount", "shift=0,sleep=off"]));
+    }
+
+    #[test]
+    fn disks_are_modern_virtio_blk_devices_in_order() {
+        let mut spec = BootSpec::new("/img", Accel::Tcg);
+        spec.disks = vec!["/tmp/a.img".into(), "/tmp/b,c.img".into()];
+        let args = strings(&spec.args().unwrap());
+        assert!(args.windows(4).any(|w| w
+            == [
+                "-drive",
+                "file=/tmp/a.img,format=raw,if=none,id=disk0,cache=writeback",
+                "-device",
+                "virtio-blk-pci,drive=disk0,disable-legacy=on"
+            ]));
+        assert!(
+            args.iter()
+                .any(|a| a == "file=/tmp/b,,c.img,format=raw,if=none,id=disk1,cache=writeback"),
+            "commas in the path are escaped: {args:?}"
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub struct Scenario {
     extra: Vec<String>,
     native: Option<String>,
     input: Option<(String, Vec<u8>)>,
+    disks: Vec<PathBuf>,
 }
 
 impl Scenario {
@@ -60,7 +61,15 @@ impl Scenario {
             extra: Vec::new(),
             native: None,
             input: None,
+            disks: Vec::new(),
         }
+    }
+
+    /// Attaches the raw image file `path` as a virtio-blk-pci disk (dom0 drives the
+    /// first one). The file is used in place: the host can inspect it after `run`.
+    pub fn disk(mut self, path: impl Into<PathBuf>) -> Self {
+        self.disks.push(path.into());
+        self
     }
 
     /// Boots the guest kernel directly on the machine (no hypervisor, no dom0) with
@@ -153,6 +162,7 @@ impl Scenario {
             icount: self.icount,
             extra: self.extra.iter().map(Into::into).collect(),
             native: self.native.clone(),
+            disks: self.disks.clone(),
         };
         let command = spec
             .command()

@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// --guest-args, instead of the hypervisor with dom0 and guests.
     #[arg(long)]
     native: bool,
+    /// A raw disk image attached as virtio-blk-pci (repeatable); dom0 drives the first,
+    /// e.g. with --dom0-args "blktest=1" or "blkbench=1".
+    #[arg(long, value_name = "FILE")]
+    disk: Vec<std::path::PathBuf>,
     /// Boot the images already in target/images without rebuilding.
     #[arg(long)]
     no_build: bool,
@@ -68,6 +72,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         icount: args.icount,
         extra: args.qemu_args.into_iter().map(Into::into).collect(),
         native: args.native.then(|| args.guest_args.clone()),
+        disks: args.disk,
     };
     println!("==> {}", spec.command_line()?);
     let status = spec

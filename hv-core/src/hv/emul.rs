@@ -2,8 +2,8 @@
 //! `cpuid` (#UD with Xen's `ud2; "xen"` prefix) is decoded by [`crate::emulate`] and
 //! applied to the domain's virtual CPU through [`Env`], implemented here.
 //!
-//! Port policy (per domain): the hypervisor owns the PIC, PIT, CMOS, COM1, the PCI
-//! configuration ports and QEMU's debug-exit port; every domain sees *virtual* devices
+//! Port policy (per domain): the hypervisor owns the PIC, PIT, CMOS, COM1, the PIIX
+//! reset-control register (0xcf9) and QEMU's debug-exit port; every domain sees *virtual* devices
 //! instead:
 //!
 //! | ports | domains | device |
@@ -20,6 +20,12 @@
 //! may reach every real port the hypervisor does not own (a device driver domain needs
 //! them), and gets #GP for the PIC/PIT (the hypervisor's). An unprivileged domain gets
 //! #GP for any port not listed.
+//!
+//! dom0 also reaches PCI configuration mechanism #1 (a 4-byte access to CONFIG_ADDRESS
+//! 0xcf8 and any access to CONFIG_DATA 0xcfc..0xcff): the hypervisor never touches PCI
+//! configuration space itself, and on one CPU the address/data pair cannot interleave
+//! with anyone else's. A real-port access is allowed only if *no* byte of it falls on a
+//! hypervisor port.
 
 use super::{log, Hypervisor};
 use crate::console::{emit_line, ConsoleSink};
@@ -34,9 +40,21 @@ use crate::vpit::Vpit;
 use abi::hypercall::ShutdownReason;
 use abi::Mfn;
 
-/// Ports the hypervisor itself drives (never passed through to dom0).
-fn hypervisor_port(port: u16) -> bool {
-    matches!(port, 0x20..=0x21 | 0xa0..=0xa1 | 0x40..=0x43 | 0x61 | 0x70..=0x71 | 0x3f8..=0x3ff | 0xf4..=0xf7 | 0xcf8..=0xcff)
+/// PCI configuration mechanism #1: CONFIG_ADDRESS (a dword register).
+pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+
+/// Whether an access of `size` bytes at `port` touches a port the hypervisor drives
+/// itself (never passed through to dom0). Every byte the access covers is checked, so a
+/// dword at 0xcf6 cannot reach the reset-control register 0xcf9; the dword at
+/// CONFIG_ADDRESS is the one access that covers 0xcf9..0xcfb and is dom0's.
+fn hypervisor_port(port: u16, size: u8) -> bool {
+    if port == PCI_CONFIG_ADDRESS && size == 4 {
+        return false;
+    }
+    (0..u32::from(size.max(1))).any(|i| {
+        let p = u32::from(port) + i;
+        matches!(p, 0x20..=0x21 | 0xa0..=0xa1 | 0x40..=0x43 | 0x61 | 0x70..=0x71 | 0x3f8..=0x3ff | 0xf4..=0xf7 | 0xcf8..=0xcfb | 0x1_0000..)
+    })
 }
 
 /// QEMU's `isa-debug-exit` port, virtual for every domain.
@@ -88,7 +106,7 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
                 let d = self.hv.domains[self.idx].as_mut().ok_or(Fault::Gp(0))?;
                 Ok(u32::from(d.vpit.read(port, now)))
             }
-            _ if self.actor.privileged && !hypervisor_port(port) => {
+            _ if self.actor.privileged && !hypervisor_port(port, size) => {
                 Ok((self.hv.port_in)(port, size))
             }
             _ => Err(Fault::Gp(0)),
@@ -139,7 +157,7 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
                 d.vpit.write(port, value as u8, now);
                 Ok(())
             }
-            _ if self.actor.privileged && !hypervisor_port(port) => {
+            _ if self.actor.privileged && !hypervisor_port(port, size) => {
                 (self.hv.port_out)(port, size, value);
                 Ok(())
             }
@@ -310,5 +328,29 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// `hlt`: wait for any event (without changing the upcall mask).
     fn halt(&mut self, idx: usize) {
         self.sleep_until_event(idx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hypervisor_port;
+
+    #[test]
+    fn dom0_reaches_pci_config_but_never_the_hypervisor_ports() {
+        assert!(!hypervisor_port(0xcf8, 4), "CONFIG_ADDRESS dword");
+        for p in 0xcfc..=0xcff {
+            assert!(!hypervisor_port(p, 1), "CONFIG_DATA byte {p:#x}");
+        }
+        assert!(!hypervisor_port(0xcfc, 4) && !hypervisor_port(0xcfe, 2));
+        assert!(!hypervisor_port(0xc040, 4), "a device's I/O BAR");
+        assert!(hypervisor_port(0xcf9, 1), "reset control");
+        assert!(hypervisor_port(0xcf8, 1) && hypervisor_port(0xcf8, 2));
+        assert!(
+            hypervisor_port(0xcf6, 4),
+            "a dword overlapping reset control"
+        );
+        assert!(hypervisor_port(0x1e, 4), "a dword overlapping the PIC");
+        assert!(hypervisor_port(0xfffe, 4), "wrapping past the last port");
+        assert!(hypervisor_port(0xf4, 4) && hypervisor_port(0x40, 1) && hypervisor_port(0x21, 1));
     }
 }

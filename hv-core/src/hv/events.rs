@@ -131,6 +131,30 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 }
                 Ok(0)
             }
+            EVTCHNOP_BIND_PIRQ => {
+                let mut b: EvtchnBindPirq = GuestMem::new(&mut self.mem, l4).read_obj(arg)?;
+                let privileged = self.domains[idx].as_ref().is_some_and(|d| d.privileged);
+                if b.flags & BIND_PIRQ_WILL_SHARE != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                let ports = self.domains[idx].as_ref().ok_or(Errno::ESRCH)?.ports;
+                // Check permission and availability before allocating anything.
+                if !privileged {
+                    return Err(Errno::EPERM);
+                }
+                let port = ports.alloc(&self.mem)?;
+                self.pirqs.bind(me, privileged, b.pirq, port)?;
+                b.port = port;
+                let r = GuestMem::new(&mut self.mem, l4)
+                    .write_obj(arg, &b)
+                    .and_then(|()| ports.set(&mut self.mem, port, PortState::Pirq(b.pirq)));
+                if let Err(e) = r {
+                    self.pirqs.unbind_port(me, port);
+                    return Err(e);
+                }
+                (self.irq_mask)(b.pirq, false);
+                Ok(0)
+            }
             EVTCHNOP_CLOSE => {
                 let p: EvtchnPort = GuestMem::new(&mut self.mem, l4).read_obj(arg)?;
                 self.close_port(idx, p.port)?;
@@ -165,6 +189,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                         remote_port,
                     } => (EVTCHNSTAT_INTERDOMAIN, u32::from(remote.0), remote_port),
                     PortState::Virq(v) => (EVTCHNSTAT_VIRQ, v, 0),
+                    PortState::Pirq(l) => (EVTCHNSTAT_PIRQ, l, 0),
                 };
                 st.status = status;
                 st.vcpu = 0;
@@ -224,6 +249,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                     if d.ports.virq_port.get(v as usize) == Some(&port) {
                         d.ports.virq_port[v as usize] = 0;
                     }
+                }
+            }
+            PortState::Pirq(_) => {
+                if let Some(line) = self.pirqs.unbind_port(me, port) {
+                    (self.irq_mask)(line, true);
                 }
             }
             PortState::Unbound { .. } => {}

@@ -16,6 +16,8 @@ mod native;
 #[cfg(test)]
 mod native_tests;
 #[cfg(test)]
+mod pirq_tests;
+#[cfg(test)]
 mod testkit;
 mod vcpu;
 #[cfg(test)]
@@ -163,6 +165,10 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     switch_to_idle: fn(),
     port_in: fn(u16, u8) -> u32,
     port_out: fn(u16, u8, u32),
+    /// Masks (`true`) or unmasks a legacy interrupt line (arch: the 8259s).
+    irq_mask: fn(u32, bool),
+    /// Physical IRQs bound to event channels.
+    pirqs: crate::pirq::Pirqs,
     cpuid: fn(u32, u32) -> [u32; 4],
     sched: crate::sched::Scheduler,
     clock: crate::time::Clock,
@@ -219,6 +225,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             switch_to_idle: || {},
             port_in: |_, _| u32::MAX,
             port_out: |_, _, _| {},
+            irq_mask: |_, _| {},
+            pirqs: Default::default(),
             cpuid: |_, _| [0; 4],
             sched: crate::sched::Scheduler::new(),
             clock: crate::time::Clock::new(1_000_000_000, 0),
@@ -350,6 +358,52 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         self.port_in = port_in;
         self.port_out = port_out;
         self.cpuid = cpuid;
+    }
+
+    /// Sets how legacy interrupt lines are masked and unmasked (arch layer: the 8259s;
+    /// host tests record the calls).
+    pub fn set_irq_control(&mut self, irq_mask: fn(u32, bool)) {
+        self.irq_mask = irq_mask;
+    }
+
+    /// A legacy interrupt line fired (the arch layer has masked it and acknowledged the
+    /// controller). If a domain bound it, its port is raised and the line stays masked
+    /// until `PHYSDEVOP_eoi`; otherwise it stays masked. Then like [`Self::tick`]'s
+    /// decision, `regs` being the interrupted guest's registers.
+    pub fn physical_irq(&mut self, line: u32, regs: &mut VcpuRegs) -> Next {
+        self.note_physical_irq(line);
+        self.after_event(regs)
+    }
+
+    /// The bookkeeping half of [`Self::physical_irq`], for interrupts taken while idle
+    /// (the decision follows with [`Self::tick`]).
+    pub fn note_physical_irq(&mut self, line: u32) {
+        if let Some((dom, port)) = self.pirqs.fire(line) {
+            if let Some(i) = self.live_slot(dom) {
+                self.raise(i, port);
+            }
+        }
+    }
+
+    /// `physdev_op`: only `PHYSDEVOP_EOI` (privileged, the line's owner).
+    fn physdev_op(&mut self, idx: usize, cmd: u64, arg: u64) -> Result<u64, Errno> {
+        let (me, l4, privileged) = {
+            let d = self.domains[idx].as_ref().ok_or(Errno::ESRCH)?;
+            (d.id, d.l4, d.privileged)
+        };
+        if !privileged {
+            return Err(Errno::EPERM);
+        }
+        match cmd {
+            abi::physdev::PHYSDEVOP_EOI => {
+                let e: abi::physdev::PhysdevEoi = GuestMem::new(&mut self.mem, l4).read_obj(arg)?;
+                if self.pirqs.eoi(me, e.irq)? {
+                    (self.irq_mask)(e.irq, false);
+                }
+                Ok(0)
+            }
+            _ => Err(Errno::ENOSYS),
+        }
     }
 
     /// Sets how to leave a dying domain's page tables before they are freed (the arch
@@ -1013,6 +1067,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 result.map(|()| 0)
             }
             Hypercall::MemoryOp { cmd, arg } => self.memory_op(idx, cmd, arg),
+            Hypercall::Physdev { cmd, arg } => self.physdev_op(idx, cmd, arg),
             Hypercall::GrantTableOp { cmd, args, count } => {
                 self.grant_table_op(idx, cmd, args, count)
             }

@@ -425,6 +425,8 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             .then(|| self.now.saturating_add(CONSOLE_POLL_NS));
         match min_opt(self.earliest_timer(), console_poll) {
             Some(t) => Next::Idle { deadline: Some(t) },
+            // A bound physical IRQ can still wake its owner.
+            None if self.pirqs.any_bound() => Next::Idle { deadline: None },
             None => {
                 // Everyone waits for an event nobody can send: a guest bug, reported
                 // rather than hanging forever.

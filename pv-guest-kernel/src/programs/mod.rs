@@ -9,6 +9,7 @@ mod basic;
 mod bench;
 mod clock;
 mod crash;
+mod devices;
 mod evtchn;
 mod grant;
 mod heap;
@@ -109,6 +110,11 @@ pub static PROGRAMS: &[Program] = &[
         name: "ptwr-bad",
         about: "a direct L1 store mapping the hypervisor's frame; must be killed",
         run: ptwr_bad::run,
+    },
+    Program {
+        name: "devices",
+        about: "mmio=MFN: PCI config/device ports, device memory and pirqs are refused to a domU",
+        run: devices::run,
     },
     Program {
         name: "traps",

@@ -203,13 +203,17 @@ fn mark_apic_uncacheable(l4_va: u64) {
     }
 }
 
+/// First vector of the 8259s (master lines 0..7, then slave lines 8..15): above the
+/// exceptions and the APIC timer vector.
+const PIC_VECTOR_BASE: u8 = 0x30;
+
 fn remap_and_mask_pics() {
     use cpu::outb;
     for (port, v) in [
         (0x20, 0x11),
         (0xa0, 0x11),
-        (0x21, 0x20),
-        (0xa1, 0x28),
+        (0x21, PIC_VECTOR_BASE),
+        (0xa1, PIC_VECTOR_BASE + 8),
         (0x21, 4),
         (0xa1, 2),
         (0x21, 1),
@@ -219,6 +223,58 @@ fn remap_and_mask_pics() {
     }
     outb(0x21, 0xff);
     outb(0xa1, 0xff);
+}
+
+/// Masks or unmasks legacy line `line` (0..16) on the 8259s; unmasking a slave line
+/// also unmasks the cascade (master line 2). Lines the hypervisor refuses to delegate
+/// never get here (`pirq::bindable`).
+fn pic_set_masked(line: u32, masked: bool) {
+    use cpu::{inb, outb};
+    if line >= 16 {
+        return;
+    }
+    let (port, bit) = if line < 8 {
+        (0x21, 1u8 << line)
+    } else {
+        (0xa1, 1u8 << (line - 8))
+    };
+    let m = inb(port);
+    outb(port, if masked { m | bit } else { m & !bit });
+    if line >= 8 && !masked {
+        outb(0x21, inb(0x21) & !(1 << 2));
+    }
+}
+
+/// Acknowledges a legacy interrupt: masks its line (level-triggered PCI INTx stays
+/// asserted until the driver services the device) and EOIs the 8259s. Returns `None`
+/// for a spurious IRQ 7/15 (its in-service bit is clear; only the master is EOIed for a
+/// spurious slave interrupt, as the cascade did fire).
+fn pic_ack(vector: u64) -> Option<u32> {
+    use cpu::{inb, outb};
+    let line = (vector - u64::from(PIC_VECTOR_BASE)) as u32;
+    if line == 7 || line == 15 {
+        let cmd = if line == 7 { 0x20 } else { 0xa0 };
+        outb(cmd, 0x0b); // OCW3: read the in-service register
+        if inb(cmd) & 0x80 == 0 {
+            if line == 15 {
+                outb(0x20, 0x20);
+            }
+            return None;
+        }
+    }
+    pic_set_masked(line, true);
+    if line >= 8 {
+        outb(0xa0, 0x20);
+    }
+    outb(0x20, 0x20);
+    Some(line)
+}
+
+/// Legacy lines that fired while the CPU idled, for the idle loop to deliver.
+static IDLE_IRQS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+fn is_pic_vector(vector: u64) -> bool {
+    (u64::from(PIC_VECTOR_BASE)..u64::from(PIC_VECTOR_BASE) + 16).contains(&vector)
 }
 
 /// Exits QEMU through isa-debug-exit; halts if the device is absent.
@@ -287,6 +343,9 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
     let (mmap_len, mmap_addr) = (u64::from(boot_u32(mbi + 44)), u64::from(boot_u32(mbi + 48)));
     let mut off = 0;
     let mut total = 0u64;
+    // Every RAM range exactly as reported (for the device-memory permission).
+    let mut raw_ram = [(0u64, 0u64); crate::iomem::MAX_RAM_RANGES + 1];
+    let mut n_raw = 0usize;
     while off + 24 <= mmap_len {
         let e = mmap_addr + off;
         let size = u64::from(boot_u32(e));
@@ -297,6 +356,10 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
             base.saturating_add(len),
             if kind == 1 { "RAM" } else { "reserved" }
         );
+        if kind == 1 && n_raw < raw_ram.len() {
+            raw_ram[n_raw] = (base, base.saturating_add(len));
+            n_raw += 1;
+        }
         if kind == 1 && dm.n < MAX_RAM_RANGES {
             let s = base.next_multiple_of(PAGE_SIZE as u64);
             let full_end = base.saturating_add(len) & !(PAGE_SIZE as u64 - 1);
@@ -368,6 +431,10 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
         unsafe { core::slice::from_raw_parts_mut(p, max_frame as usize) }
     };
     let mut frames = FrameTable::new(entries);
+    match crate::iomem::IoMem::from_ram_ranges(&raw_ram[..n_raw]) {
+        Some(io) => frames.set_iomem(io),
+        None => hvlog!("too many RAM ranges: no device memory is delegated to dom0"),
+    }
     for &(s, e) in &dm.ram[..dm.n] {
         frames.add_free_range(Mfn(s / PAGE_SIZE as u64), Mfn(e / PAGE_SIZE as u64));
     }
@@ -462,6 +529,7 @@ extern "C" fn hv_main(magic: u32, mbi: u32) -> ! {
             [a, b, c, d]
         },
     );
+    hv.set_irq_control(pic_set_masked);
     hv.set_idle_switch(|| {
         // SAFETY: the idle L4 maps the hypervisor (it is the one we booted on).
         unsafe { cpu::set_cr3(idle_l4() - DIRECTMAP_BASE) }
@@ -610,6 +678,10 @@ fn resume(frame: &mut TrapFrame, r: &mut VcpuRegs, mut next: Next) {
                     exit_qemu(false)
                 };
                 hv.set_now(timer::rdtsc());
+                let lines = IDLE_IRQS.swap(0, Ordering::SeqCst);
+                for line in (0..16).filter(|l| lines & (1 << l) != 0) {
+                    hv.note_physical_irq(line);
+                }
                 next = hv.tick(r);
             }
             Next::Exit { success } => exit_qemu(success),
@@ -662,6 +734,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         if vector == u64::from(timer::SPURIOUS_VECTOR) {
             return;
         }
+        if is_pic_vector(vector) && IDLING.load(Ordering::SeqCst) {
+            if let Some(line) = pic_ack(vector) {
+                IDLE_IRQS.fetch_or(1 << line, Ordering::SeqCst);
+            }
+            return;
+        }
         hypervisor_fault(frame, cr2);
     }
     if vector == u64::from(timer::SPURIOUS_VECTOR) {
@@ -677,6 +755,22 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             };
             hv.set_now(tsc);
             hv.tick(&mut regs)
+        };
+        resume(frame, &mut regs, next);
+        return;
+    }
+    if is_pic_vector(vector) {
+        let Some(line) = pic_ack(vector) else {
+            return; // spurious: resume the guest untouched
+        };
+        let mut regs = frame_to_regs(frame);
+        let next = {
+            let mut guard = HV.lock();
+            let Some(hv) = guard.as_mut() else {
+                hypervisor_fault(frame, cr2)
+            };
+            hv.set_now(tsc);
+            hv.physical_irq(line, &mut regs)
         };
         resume(frame, &mut regs, next);
         return;
