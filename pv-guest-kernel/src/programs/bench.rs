@@ -580,14 +580,17 @@ fn pair_main(env: &Env, peer: DomId) -> ! {
     let mut lab = Lab::new(env);
     let rounds = pair_rounds(lab.n as u64);
     let mut tries = 0;
+    // The partner's first own port: after the builder's xenstore and console ports,
+    // which a domU has at the same numbers as ours.
+    let remote = env.si.store_evtchn.max(env.si.console_evtchn) + 1;
     let port = loop {
-        match events::bind_interdomain(peer, 1, main_event) {
+        match events::bind_interdomain(peer, remote, main_event) {
             Ok(p) => break p,
             Err(Errno::ESRCH | Errno::EINVAL) if tries < 2000 => {
                 tries += 1;
                 let _ = hv::sched_yield();
             }
-            Err(e) => xtf::failure(format_args!("bind to d{} port 1: {e}", peer.0)),
+            Err(e) => xtf::failure(format_args!("bind to d{} port {remote}: {e}", peer.0)),
         }
     };
     // The new port starts pending: let that event through before measuring.
