@@ -70,6 +70,22 @@ struct Effects {
     masked: Option<bool>,
     /// A value written to the virtual debug-exit port.
     debug_exit: Option<u32>,
+    /// The virtual PIC or PIT was accessed (an EOI, a new count: interrupt delivery or
+    /// the timer deadline may have changed).
+    devices: bool,
+}
+
+impl Effects {
+    /// Nothing that a scheduling pass would react to: no halt, flush, unmask, device
+    /// access or shutdown (a `cli`, a console or POST port write, an MSR, a control or
+    /// descriptor-table register).
+    fn is_simple(&self) -> bool {
+        !self.halt
+            && !self.flush
+            && self.masked != Some(false)
+            && self.debug_exit.is_none()
+            && !self.devices
+    }
 }
 
 struct EmuEnv<'x, 'f, M: MachineMemory, C: ConsoleSink> {
@@ -99,10 +115,12 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
             0x80 => Ok(0xff),
             DEBUG_EXIT_PORT => Ok(0),
             _ if unprivileged && Vpic::owns(port) => {
+                self.fx.devices = true;
                 let d = self.hv.domains[self.idx].as_ref().ok_or(Fault::Gp(0))?;
                 Ok(u32::from(d.vpic.read(port)))
             }
             _ if unprivileged && Vpit::owns(port) => {
+                self.fx.devices = true;
                 let d = self.hv.domains[self.idx].as_mut().ok_or(Fault::Gp(0))?;
                 Ok(u32::from(d.vpit.read(port, now)))
             }
@@ -147,11 +165,13 @@ impl<M: MachineMemory, C: ConsoleSink> Env for EmuEnv<'_, '_, M, C> {
                 Ok(())
             }
             _ if !self.actor.privileged && Vpic::owns(port) => {
+                self.fx.devices = true;
                 let d = self.hv.domains[self.idx].as_mut().ok_or(Fault::Gp(0))?;
                 d.vpic.write(port, value as u8);
                 Ok(())
             }
             _ if !self.actor.privileged && Vpit::owns(port) => {
+                self.fx.devices = true;
                 let now = self.hv.now;
                 let d = self.hv.domains[self.idx].as_mut().ok_or(Fault::Gp(0))?;
                 d.vpit.write(port, value as u8, now);
@@ -214,6 +234,9 @@ pub(super) enum Emulated {
     No,
     /// Emulated (rip advanced) or turned into a fault delivered/crashed already.
     Yes,
+    /// Emulated, and nothing a scheduling pass would react to changed
+    /// ([`Effects::is_simple`]): the fast way back may be taken.
+    Simple,
 }
 
 impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
@@ -281,7 +304,11 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                     );
                     self.end_current(Ending::Shutdown(reason));
                 }
-                Emulated::Yes
+                if fx.is_simple() {
+                    Emulated::Simple
+                } else {
+                    Emulated::Yes
+                }
             }
             // Not emulated: the original #GP(0) stands (delivered or crashed with the usual
             // logging by the caller).

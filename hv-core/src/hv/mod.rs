@@ -175,6 +175,10 @@ pub struct Hypervisor<'f, M: MachineMemory, C: ConsoleSink> {
     now: u64,
     now_tsc: u64,
     time_stale: bool,
+    /// What the last full pass of [`Hypervisor::after_event`] told the arch layer to run
+    /// and arm: (domain slot, deadline). `None` after anything else (idle, exit). The
+    /// hypercall fast path may return without a full pass only while this still holds.
+    last_run: Option<(usize, Option<u64>)>,
     wallclock_sec: u64,
     modules: [ModuleInfo; MAX_MODULES],
     nr_modules: usize,
@@ -233,6 +237,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             now: 0,
             now_tsc: 0,
             time_stale: false,
+            last_run: None,
             wallclock_sec: 0,
             modules: [ModuleInfo::EMPTY; MAX_MODULES],
             nr_modules: 0,
@@ -774,7 +779,58 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             Ok(v) => v,
             Err(e) => e.to_ret() as u64,
         };
+        if let Some(next) = self.fast_return(Self::is_simple_hypercall(nr)) {
+            return next;
+        }
         self.after_event(regs)
+    }
+
+    /// Hypercalls that touch no timer, event, vCPU or domain state (version queries, the
+    /// console, the memory protocol, grant-table ops): candidates for [`Self::fast_return`].
+    fn is_simple_hypercall(nr: u64) -> bool {
+        use HypercallNr as N;
+        matches!(
+            HypercallNr::try_from(nr),
+            Ok(N::XenVersion
+                | N::DomainId
+                | N::ConsoleIo
+                | N::MmuUpdate
+                | N::UpdateVaMapping
+                | N::MemoryOp
+                | N::GrantTableOp
+                | N::BenchNull)
+        )
+    }
+
+    /// The way back from a hypercall or an emulated instruction that cannot have changed
+    /// what runs next (`simple`: see [`Self::is_simple_hypercall`] and
+    /// `emul::Effects::is_simple`), without a full scheduling pass: no TLB flush or
+    /// register reload is owed; no timer is due (the deadline armed at the last full pass
+    /// is still ahead, with the same slop `fire_timers` uses); the domain is still the one
+    /// that pass chose, runnable, and has no upcall to take. Then the full pass would
+    /// return exactly this, so it is skipped. Anything else: `None`.
+    fn fast_return(&self, simple: bool) -> Option<Next> {
+        if !simple || self.flush_tlb || self.discard_regs || self.time_stale {
+            return None;
+        }
+        let (idx, deadline) = self.last_run?;
+        if self.current != Some(idx)
+            || deadline.is_some_and(|d| self.now.saturating_add(vcpu::TIMER_SLOP_NS) >= d)
+        {
+            return None;
+        }
+        let d = self.domains[idx].as_ref()?;
+        if d.state != DomainState::Runnable
+            || (d.event_callback != 0 && crate::evtchn::upcall_due(&self.mem, d.shared_info))
+        {
+            return None;
+        }
+        Some(Next::Run {
+            l4: d.l4,
+            domid: d.id,
+            flush_tlb: false,
+            deadline,
+        })
     }
 
     /// The running domain took a fault it cannot handle: log it, kill the domain, run
@@ -806,8 +862,15 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             // An emulated instruction is one guest operation, with its own validation
             // budget (a `mov cr3` may validate a whole unpinned tree).
             self.budget = VALIDATION_BUDGET;
-            if let emul::Emulated::Yes = self.try_emulate(regs, f.vector == 6) {
-                return self.after_event(regs);
+            match self.try_emulate(regs, f.vector == 6) {
+                emul::Emulated::No => {}
+                emul::Emulated::Simple => {
+                    if let Some(next) = self.fast_return(true) {
+                        return next;
+                    }
+                    return self.after_event(regs);
+                }
+                emul::Emulated::Yes => return self.after_event(regs),
             }
         }
         if self.deliver_exception(regs, f.vector, f.error_code, f.cr2) {

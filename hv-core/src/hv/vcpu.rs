@@ -402,6 +402,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             }
             let flush_tlb = core::mem::take(&mut self.flush_tlb);
             let deadline = min_opt(self.sched.next_deadline(self.now), self.earliest_timer());
+            self.last_run = Some((idx, deadline));
             return Next::Run {
                 l4: d.l4,
                 domid: d.id,
@@ -412,6 +413,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     }
 
     fn idle_or_exit(&mut self) -> Next {
+        self.last_run = None;
         let any_alive = self
             .domains
             .iter()

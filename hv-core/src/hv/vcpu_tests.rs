@@ -775,3 +775,44 @@ fn bench_gp_ref_is_per_domain_validated_and_exact() {
     assert_eq!(t.call(nr, [0, 0, 0, 0, 0]), 0);
     assert_eq!(t.hv.bench_gp_rip(), 0);
 }
+
+#[test]
+fn the_hypercall_fast_path_never_skips_an_upcall_or_a_due_timer() {
+    let mut t = T::new();
+    let s = t.scratch;
+    let handler = GUEST_VIRT_BASE + 0x100;
+    assert_eq!(t.call(4, [handler, 0, 0, 0, 0]), 0);
+    let v = EvtchnBindVirq {
+        virq: VIRQ_TIMER,
+        vcpu: 0,
+        port: 0,
+    };
+    let (_, _) = t.evtchn(EVTCHNOP_BIND_VIRQ, v.as_bytes());
+    t.regs.rsp = s + 3 * 4096;
+    t.regs.rflags = 0x202;
+    let si0 = t.shared_info(DomId(0));
+    // A simple call (xen_version) with nothing due: the fast path, same domain.
+    t.regs.rip = 0x4444;
+    assert!(t.call(17, [0, 0, 0, 0, 0]) >= 0);
+    assert_eq!(t.regs.rip, 0x4444);
+    // An upcall made deliverable behind the hypervisor's back (the guest unmasks in
+    // shared memory and then makes a cheap hypercall to get it: Linux's and our
+    // `irq_enable`): the simple call must still deliver it.
+    evtchn::set_upcall_mask(&mut t.hv.mem, si0, false);
+    t.hv.mem.write(si0.maddr(), &[1]); // evtchn_upcall_pending
+    assert!(t.call(17, [0, 0, 0, 0, 0]) >= 0);
+    assert_eq!(
+        t.regs.rip, handler,
+        "the upcall was delivered on a simple call"
+    );
+    assert!(evtchn::upcall_masked(&t.hv.mem, si0));
+    // A timer that falls due before a simple call returns fires on it.
+    t.hv.mem.write(si0.maddr(), &[0]);
+    t.regs.rip = 0x4444;
+    let now = t.hv.now;
+    assert_eq!(t.call(15, [now + 1_000_000, 0, 0, 0, 0]), 0); // set_timer_op: slow path
+    evtchn::set_upcall_mask(&mut t.hv.mem, si0, false);
+    t.hv.set_now(now + 2_000_000);
+    assert!(t.call(17, [0, 0, 0, 0, 0]) >= 0);
+    assert_eq!(t.regs.rip, handler, "the due timer's VIRQ was delivered");
+}

@@ -629,14 +629,14 @@ fn resume(frame: &mut TrapFrame, r: &mut VcpuRegs, mut next: Next) {
                 l4,
                 flush_tlb,
                 deadline,
-                ..
+                domid,
             } => {
                 if flush_tlb || cpu::cr3() & crate::paging::PTE_ADDR_MASK != l4.maddr() {
                     // SAFETY: every guest L4 was validated as an L4, which installs the
                     // hypervisor's slots. Reloading CR3 also flushes non-global TLB entries.
                     unsafe { cpu::set_cr3(l4.maddr()) };
                 }
-                arm_until(deadline);
+                arm_until(deadline, Some(domid));
                 *frame = TrapFrame {
                     r15: r.r15,
                     r14: r.r14,
@@ -667,7 +667,7 @@ fn resume(frame: &mut TrapFrame, r: &mut VcpuRegs, mut next: Next) {
                 // Nothing runnable: halt until the timer (or any interrupt) fires. The
                 // interrupt arrives in ring 0 and only acknowledges itself
                 // (`trap_dispatch`); the decision is taken here.
-                arm_until(deadline);
+                arm_until(deadline, None);
                 IDLING.store(true, Ordering::SeqCst);
                 // SAFETY: `sti; hlt` is atomic with respect to interrupts (the sti shadow),
                 // so a wake-up cannot be lost between the two; cli restores our state.
@@ -697,14 +697,40 @@ static BENCH_GP_RIP: AtomicU64 = AtomicU64::new(0);
 /// True while the CPU halts in the idle loop (a ring-0 timer interrupt is expected).
 static IDLING: AtomicBool = AtomicBool::new(false);
 
+/// What the APIC timer is armed for and for which domain: the deadline (`NO_DEADLINE`
+/// for none) and the domain id (`NO_DOMAIN` when idle), or [`ARMED_STALE`] after the
+/// timer fired (it must be armed again whatever the next deadline is).
+static ARMED_DEADLINE: AtomicU64 = AtomicU64::new(ARMED_STALE);
+static ARMED_DOMAIN: AtomicU64 = AtomicU64::new(ARMED_STALE);
+const ARMED_STALE: u64 = u64::MAX;
+const NO_DEADLINE: u64 = u64::MAX - 1;
+const NO_DOMAIN: u64 = u64::MAX - 1;
+
 /// Programs the APIC timer for system time `deadline` (ns), or stops it; mirrors the
 /// lab's reference `#GP` rip of the domain about to run (same lock, so no extra cost).
-fn arm_until(deadline: Option<u64>) {
+/// Nothing to do when the same deadline is already armed for the same domain: the
+/// one-shot timer counts towards an absolute time, and it has not fired (a firing marks
+/// it stale, see `trap_dispatch`). That skips the lock, the TSC read and the APIC write
+/// on most exits.
+fn arm_until(deadline: Option<u64>, domain: Option<DomId>) {
+    let d = deadline.map_or(NO_DEADLINE, |d| d.min(NO_DEADLINE - 1));
+    let dom = domain.map_or(NO_DOMAIN, |id| u64::from(id.0));
+    if ARMED_DEADLINE.load(Ordering::Relaxed) == d && ARMED_DOMAIN.load(Ordering::Relaxed) == dom {
+        return;
+    }
     let (now, gp_ref) = HV.lock().as_ref().map_or((0, 0), |hv| {
         (hv.clock().ns(timer::rdtsc()), hv.bench_gp_rip())
     });
     BENCH_GP_RIP.store(gp_ref, Ordering::Relaxed);
     timer::arm(deadline.map(|d| d.saturating_sub(now).max(1)));
+    ARMED_DEADLINE.store(d, Ordering::Relaxed);
+    ARMED_DOMAIN.store(dom, Ordering::Relaxed);
+}
+
+/// The APIC timer fired (or the lab's reference #GP rip may have changed): whatever is
+/// armed next must be programmed again.
+fn timer_fired() {
+    ARMED_DEADLINE.store(ARMED_STALE, Ordering::Relaxed);
 }
 
 /// Called by `trap_common` for every entry.
@@ -729,6 +755,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         // Ring 0: only the idle loop's wake-up (and spurious interrupts) are expected.
         if vector == u64::from(timer::TIMER_VECTOR) && IDLING.load(Ordering::SeqCst) {
             timer::eoi();
+            timer_fired();
             return;
         }
         if vector == u64::from(timer::SPURIOUS_VECTOR) {
@@ -747,6 +774,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     }
     if vector == u64::from(timer::TIMER_VECTOR) {
         timer::eoi();
+        timer_fired();
         let mut regs = frame_to_regs(frame);
         let next = {
             let mut guard = HV.lock();
@@ -790,6 +818,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     hv.set_now(tsc);
     let next =
         if vector == SYSCALL_VECTOR || vector == u64::from(abi::hypercall::HYPERCALL_INT_VECTOR) {
+            if frame.rax == abi::HypercallNr::BenchGpRef as u64 {
+                timer_fired(); // re-mirror the reference rip on the way out
+            }
             hv.hypercall(&mut regs)
         } else {
             let v = vector as u8;
