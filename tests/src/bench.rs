@@ -637,7 +637,12 @@ fn boot(opts: &Options, name: &str, hv_args: &str, guests: &[String]) -> Serial 
     for g in guests {
         s = s.guest(g.clone());
     }
-    let out = s.run();
+    serial_of(name, s.run())
+}
+
+/// The serial output of a boot that reported success (the hypervisor's verdict, or a
+/// directly booted kernel's isa-debug-exit), else why not.
+fn serial_of(name: &str, out: crate::scenario::Outcome) -> Serial {
     if !out.hv_success() {
         return Err(format!(
             "boot {name} failed: {} (log {})",
@@ -671,16 +676,7 @@ fn direct_boot(opts: &Options, name: &str, image: &str, args: &str) -> Serial {
         return Err(format!("{image} has no native boot"));
     }
     // No dom0 and no hypervisor: the scenario's native mode.
-    let out = scenario(opts, name).native(args).run();
-    // A directly booted kernel reports through isa-debug-exit like the hypervisor.
-    if !out.hv_success() {
-        return Err(format!(
-            "boot {name} failed: {} (log {})",
-            out.status_text(),
-            out.log.display()
-        ));
-    }
-    Ok(out.serial)
+    serial_of(name, scenario(opts, name).native(args).run())
 }
 
 /// The hard limit of one boot.

@@ -268,6 +268,22 @@ fn task_main(id: usize) {
     }
 }
 
+/// Runs `f` on task `id`'s address space with the kernel's MMU and allocator.
+fn in_space<T>(
+    k: &mut Kernel,
+    id: usize,
+    f: impl FnOnce(&mut AddressSpace, &mut PlatformMmu, &mut PvFrames) -> T,
+) -> T {
+    let Kernel {
+        mmu, frames, tasks, ..
+    } = k;
+    let space = tasks[id]
+        .as_mut()
+        .and_then(|t| t.aspace.as_mut())
+        .expect("space");
+    f(space, mmu, frames)
+}
+
 /// Maps `CHURN` fresh frames, writes and reads them through the new mappings, unmaps
 /// them and checks they are gone, frees the frames.
 fn churn(id: usize, round: u64) {
@@ -280,16 +296,11 @@ fn churn(id: usize, round: u64) {
             return false;
         }
         let mfns: [Mfn; CHURN] = core::array::from_fn(|i| got[i].expect("frame").mfn);
-        let Kernel {
-            mmu, frames, tasks, ..
-        } = k;
-        let space = tasks[id]
-            .as_mut()
-            .and_then(|t| t.aspace.as_mut())
-            .expect("space");
-        space
-            .map_range(mmu, frames, CHURN_BASE, &mfns, true)
-            .is_ok()
+        in_space(k, id, |space, mmu, frames| {
+            space
+                .map_range(mmu, frames, CHURN_BASE, &mfns, true)
+                .is_ok()
+        })
     });
     if !ok {
         fail("churn: map_range failed");
@@ -309,25 +320,20 @@ fn churn(id: usize, round: u64) {
         bad |= v != word(id, round, 100 + i as u64);
     }
     let gone = with(|k| {
-        let Kernel {
-            mmu, frames, tasks, ..
-        } = k;
-        let space = tasks[id]
-            .as_mut()
-            .and_then(|t| t.aspace.as_mut())
-            .expect("space");
-        // SAFETY: nothing relies on the churn mappings any more.
-        let n = unsafe { space.unmap_range(mmu, frames, CHURN_BASE, CHURN as u64) };
-        let gone = n == Ok(CHURN as u64)
-            && (0..CHURN as u64).all(|i| {
-                space
-                    .translate(frames, CHURN_BASE + i * PAGE_SIZE as u64)
-                    .is_none()
-            });
-        for f in got.iter().flatten() {
-            frames.free_frame(*f);
-        }
-        gone
+        in_space(k, id, |space, mmu, frames| {
+            // SAFETY: nothing relies on the churn mappings any more.
+            let n = unsafe { space.unmap_range(mmu, frames, CHURN_BASE, CHURN as u64) };
+            let gone = n == Ok(CHURN as u64)
+                && (0..CHURN as u64).all(|i| {
+                    space
+                        .translate(frames, CHURN_BASE + i * PAGE_SIZE as u64)
+                        .is_none()
+                });
+            for f in got.iter().flatten() {
+                frames.free_frame(*f);
+            }
+            gone
+        })
     });
     if bad {
         fail("churn: data written through the new mapping is not in the frame");

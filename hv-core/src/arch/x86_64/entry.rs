@@ -63,6 +63,42 @@ pub const fn has_error_code(v: u8) -> bool {
 
 core::arch::global_asm!(
     r#"
+    /* The general registers in TrapFrame order (r15 ends up lowest). */
+    .macro SAVE_GPRS
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    .endm
+    .macro RESTORE_GPRS
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    .endm
+
     .section .bss.hvstack, "aw", @nobits
     .balign 16
     .global hv_stack_bottom
@@ -117,36 +153,8 @@ syscall_ordinary:
 syscall_bench_null:
     mov %rsp, syscall_user_rsp(%rip)
     lea hv_stack_top(%rip), %rsp
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
+    SAVE_GPRS
+    RESTORE_GPRS
     mov syscall_user_rsp(%rip), %rsp
     /* rcx canonical? (bits 63..47 all equal): rax = (rcx >> 47) + 1 must be 0 or 1 */
     mov %rcx, %rax
@@ -160,41 +168,13 @@ syscall_bench_null:
     jmp syscall_ordinary
 
 trap_common:
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    SAVE_GPRS
     cld
     mov %rsp, %rdi
     call trap_dispatch
     .global trap_return
 trap_return:
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
+    RESTORE_GPRS
     add $16, %rsp
     iretq
 

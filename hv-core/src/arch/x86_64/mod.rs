@@ -775,32 +775,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if vector == u64::from(timer::TIMER_VECTOR) {
         timer::eoi();
         timer_fired();
-        let mut regs = frame_to_regs(frame);
-        let next = {
-            let mut guard = HV.lock();
-            let Some(hv) = guard.as_mut() else {
-                hypervisor_fault(frame, cr2)
-            };
-            hv.set_now(tsc);
-            hv.tick(&mut regs)
-        };
-        resume(frame, &mut regs, next);
+        with_hypervisor(frame, cr2, tsc, |hv, regs| hv.tick(regs));
         return;
     }
     if is_pic_vector(vector) {
         let Some(line) = pic_ack(vector) else {
             return; // spurious: resume the guest untouched
         };
-        let mut regs = frame_to_regs(frame);
-        let next = {
-            let mut guard = HV.lock();
-            let Some(hv) = guard.as_mut() else {
-                hypervisor_fault(frame, cr2)
-            };
-            hv.set_now(tsc);
-            hv.physical_irq(line, &mut regs)
-        };
-        resume(frame, &mut regs, next);
+        with_hypervisor(frame, cr2, tsc, |hv, regs| hv.physical_irq(line, regs));
         return;
     }
     if (32..=255).contains(&vector) && vector != u64::from(abi::hypercall::HYPERCALL_INT_VECTOR)
@@ -834,6 +816,26 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             )
         };
     drop(guard);
+    resume(frame, &mut regs, next);
+}
+
+/// Runs `f` on the hypervisor (its clock set to `tsc`) with the interrupted guest's
+/// registers, then resumes whatever it decided.
+fn with_hypervisor(
+    frame: &mut TrapFrame,
+    cr2: u64,
+    tsc: u64,
+    f: impl FnOnce(&mut Hv, &mut VcpuRegs) -> Next,
+) {
+    let mut regs = frame_to_regs(frame);
+    let next = {
+        let mut guard = HV.lock();
+        let Some(hv) = guard.as_mut() else {
+            hypervisor_fault(frame, cr2)
+        };
+        hv.set_now(tsc);
+        f(hv, &mut regs)
+    };
     resume(frame, &mut regs, next);
 }
 
