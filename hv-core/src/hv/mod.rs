@@ -1062,8 +1062,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                     };
                     let r = req.and_then(|req| match req.ptr & 3 {
                         MMU_NORMAL_PT_UPDATE => {
+                            let before = self.mem.read_u64(req.ptr & !7);
                             mm!(self).update_entry(req.ptr & !3, req.val, actor)?;
-                            self.flush_tlb = true;
+                            self.entry_changed(before);
                             Ok(())
                         }
                         MMU_MACHPHYS_UPDATE => {
@@ -1097,10 +1098,12 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 if mm!(self).table_level(Mfn::containing(pte), actor)? != Some(1) {
                     return Err(Errno::EINVAL);
                 }
+                let before = self.mem.read_u64(pte);
                 mm!(self).update_entry(pte, val, actor)?;
-                // One CPU: any change is flushed on the way out; the flags only say how much.
+                // One CPU: a change that can leave a stale translation is flushed on the
+                // way out, whatever the flags ask (they only say how much).
                 let _ = flags & UVMF_FLUSHTYPE_MASK;
-                self.flush_tlb = true;
+                self.entry_changed(before);
                 Ok(0)
             }
             Hypercall::MmuextOp {
@@ -1158,6 +1161,17 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             GuestMem::new(&mut self.mem, l4).write(done, &n.to_le_bytes())?;
         }
         Ok(())
+    }
+
+    /// A page-table entry that held `before` (`None`: unknown) was rewritten: the TLB
+    /// (and the paging-structure caches) may hold a translation through it only if it was
+    /// present, since x86 caches no non-present entry. So filling an empty entry, the
+    /// common case of building tables and of demand paging, needs no flush; changing or
+    /// removing a present one is flushed before the guest runs again.
+    fn entry_changed(&mut self, before: Option<u64>) {
+        if before.is_none_or(|e| e & abi::mm::pte::P != 0) {
+            self.flush_tlb = true;
+        }
     }
 
     /// One `mmuext_op` for domain slot `idx`.
@@ -1398,7 +1412,9 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
         if let Some((reg, v)) = writeback {
             set_gpr(regs, reg as usize, v);
         }
-        self.flush_tlb = true;
+        if is_table {
+            self.entry_changed(Some(old));
+        }
         regs.rip += d.len as u64;
         Ok(())
     }

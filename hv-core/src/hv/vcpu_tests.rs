@@ -816,3 +816,38 @@ fn the_hypercall_fast_path_never_skips_an_upcall_or_a_due_timer() {
     assert!(t.call(17, [0, 0, 0, 0, 0]) >= 0);
     assert_eq!(t.regs.rip, handler, "the due timer's VIRQ was delivered");
 }
+
+#[test]
+fn filling_an_empty_entry_needs_no_flush_changing_a_present_one_does() {
+    let mut t = T::new();
+    let l4 = t.hv.current().unwrap().l4;
+    // The L1 entry of a page past the domain's memory (256 pages): empty.
+    let va = GUEST_VIRT_BASE + 300 * 4096;
+    let entry = crate::paging::l1_entry_maddr(&t.hv.mem, l4, va).unwrap();
+    assert_eq!(t.hv.mem.read_u64(entry), Some(0));
+    let scratch_pte =
+        t.hv.mem
+            .read_u64(crate::paging::l1_entry_maddr(&t.hv.mem, l4, t.scratch).unwrap())
+            .unwrap();
+    let frame = scratch_pte & crate::paging::PTE_ADDR_MASK;
+    let upd = |v: u64| MmuUpdate { ptr: entry, val: v };
+    let s = t.scratch + 8;
+    let issue = |t: &mut T, v: u64| -> Next {
+        t.poke(s, upd(v).as_bytes());
+        let r = &mut t.regs;
+        r.rax = 1;
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (s, 1, 0, u64::from(DomId::SELF.0), 0);
+        t.hv.hypercall(&mut t.regs)
+    };
+    let ro = frame | abi::mm::pte::P | abi::mm::pte::US;
+    match issue(&mut t, ro) {
+        Next::Run { flush_tlb, .. } => assert!(!flush_tlb, "empty -> present: no flush"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.regs.rax, 0);
+    match issue(&mut t, 0) {
+        Next::Run { flush_tlb, .. } => assert!(flush_tlb, "present -> empty: flush"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.regs.rax, 0);
+}
