@@ -43,6 +43,7 @@ pub struct Scenario {
     extra: Vec<String>,
     native: Option<String>,
     input: Option<(String, Vec<u8>)>,
+    kill_after: Option<String>,
     disks: Vec<PathBuf>,
 }
 
@@ -61,6 +62,7 @@ impl Scenario {
             extra: Vec::new(),
             native: None,
             input: None,
+            kill_after: None,
             disks: Vec::new(),
         }
     }
@@ -131,6 +133,14 @@ impl Scenario {
         self
     }
 
+    /// Kills QEMU with SIGKILL as soon as the output contains `trigger` (a power cut: what
+    /// the guest was told is durable must survive it). The outcome then has `killed`
+    /// set and no exit status.
+    pub fn kill_after(mut self, trigger: impl Into<String>) -> Self {
+        self.kill_after = Some(trigger.into());
+        self
+    }
+
     /// Boots QEMU and waits for it to exit or for the timeout. Panics (with a clear
     /// message) only when the boot cannot be set up at all: images missing or not
     /// buildable, QEMU not startable, log directory not writable.
@@ -181,44 +191,26 @@ impl Scenario {
             self.timeout,
         );
 
-        let capture = run_with_timeout(command, self.timeout, log, self.input.clone())
-            .unwrap_or_else(|e| panic!("scenario {}: cannot start {}: {e}", self.name, qemu::QEMU));
+        let capture = run_with_timeout(
+            command,
+            self.timeout,
+            log,
+            self.input.clone(),
+            self.kill_after.clone(),
+        )
+        .unwrap_or_else(|e| panic!("scenario {}: cannot start {}: {e}", self.name, qemu::QEMU));
 
         Outcome {
             name: self.name.clone(),
             command: command_line,
             status: capture.status,
             timed_out: capture.timed_out,
+            killed: capture.killed,
             serial: capture.stdout,
             qemu_stderr: capture.stderr,
             elapsed: capture.elapsed,
             log: log_path,
         }
-    }
-}
-
-/// Runs an arbitrary QEMU `command` (e.g. a kernel booted directly, without the
-/// hypervisor) the way [`Scenario::run`] does: no stdin, output captured and logged to
-/// `target/scenario-logs/<name>.log`, killed at `timeout`.
-pub fn run_command(name: &str, command: Command, timeout: Duration) -> Outcome {
-    let command_line = format!("{command:?}");
-    let log_path = log_path(name);
-    let mut log = create_log(&log_path);
-    let _ = writeln!(
-        log,
-        "# scenario: {name}\n# timeout: {timeout:?}\n# command: {command_line}\n"
-    );
-    let capture = run_with_timeout(command, timeout, log, None)
-        .unwrap_or_else(|e| panic!("scenario {name}: cannot start {}: {e}", qemu::QEMU));
-    Outcome {
-        name: name.to_string(),
-        command: command_line,
-        status: capture.status,
-        timed_out: capture.timed_out,
-        serial: capture.stdout,
-        qemu_stderr: capture.stderr,
-        elapsed: capture.elapsed,
-        log: log_path,
     }
 }
 
@@ -279,6 +271,8 @@ pub struct Outcome {
     pub status: Option<i32>,
     /// Whether the hard timeout expired and QEMU was killed.
     pub timed_out: bool,
+    /// Whether QEMU was killed on purpose ([`Scenario::kill_after`]).
+    pub killed: bool,
     /// Everything QEMU wrote to stdout: the serial console.
     pub serial: String,
     /// Everything QEMU itself wrote to stderr (its own errors and warnings).
@@ -547,6 +541,7 @@ fn create_log(path: &PathBuf) -> File {
 struct Capture {
     status: Option<i32>,
     timed_out: bool,
+    killed: bool,
     stdout: String,
     stderr: String,
     elapsed: Duration,
@@ -558,6 +553,7 @@ fn run_with_timeout(
     timeout: Duration,
     log: File,
     mut input: Option<(String, Vec<u8>)>,
+    kill_after: Option<String>,
 ) -> std::io::Result<Capture> {
     let start = Instant::now();
     let mut child = command
@@ -579,16 +575,24 @@ fn run_with_timeout(
     // Kept open until QEMU exits: closing it would be end-of-file on the serial port.
     let mut stdin = child.stdin.take();
     let mut timed_out = false;
+    let mut killed = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        let triggered = input.as_ref().is_some_and(|(trigger, _)| {
+        let seen = |trigger: &str| {
             stdout.as_ref().is_some_and(|(_, kept)| {
                 kept.lock()
-                    .is_ok_and(|k| String::from_utf8_lossy(&k).contains(trigger.as_str()))
+                    .is_ok_and(|k| String::from_utf8_lossy(&k).contains(trigger))
             })
-        });
+        };
+        if kill_after.as_deref().is_some_and(seen) {
+            killed = true;
+            // SIGKILL: no chance for QEMU to flush anything the guest did not.
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        let triggered = input.as_ref().is_some_and(|(trigger, _)| seen(trigger));
         if triggered {
             if let (Some((_, bytes)), Some(pipe)) = (input.take(), stdin.as_mut()) {
                 // A failed write shows up as missing input in the scenario's assertions.
@@ -613,14 +617,21 @@ fn run_with_timeout(
             "\n# exit: {status} after {elapsed:.1?}{}",
             if timed_out {
                 " (timed out, killed)"
+            } else if killed {
+                " (killed with SIGKILL on purpose)"
             } else {
                 ""
             }
         );
     }
     Ok(Capture {
-        status: if timed_out { None } else { status.code() },
+        status: if timed_out || killed {
+            None
+        } else {
+            status.code()
+        },
         timed_out,
+        killed,
         stdout,
         stderr,
         elapsed,

@@ -63,3 +63,22 @@ fn hypervisor_fault_dumps_registers_and_fails() {
         .assert_line_starting("[hv]   r12 ")
         .expect(!outcome.has_line_starting("[d0] "), "no domain ran");
 }
+
+/// The harness's power cut (`kill_after`, used by the block scenarios): QEMU dies with
+/// SIGKILL right after the trigger, before the guest can finish.
+#[test]
+fn kill_after_cuts_the_power_at_the_trigger() {
+    let out = Scenario::new("harness-kill-after")
+        .guest("test=spin yields=1000000")
+        .kill_after("[d1] tick 20")
+        .run();
+    out.expect(
+        out.killed && out.status.is_none(),
+        "killed on purpose, no exit status",
+    );
+    out.expect(!out.timed_out, "not a timeout");
+    out.expect(
+        !out.serial.contains("[d1] Test result"),
+        "the guest did not get to finish",
+    );
+}
