@@ -693,6 +693,7 @@ mod tests {
             command: "qemu-system-x86_64 ...".into(),
             status,
             timed_out: false,
+            killed: false,
             serial: serial.into(),
             qemu_stderr: String::new(),
             elapsed: Duration::from_millis(1500),
@@ -814,6 +815,7 @@ mod tests {
             Duration::from_secs(20),
             File::create(dir.join("a.log")).unwrap(),
             None,
+            None,
         )
         .unwrap();
         assert_eq!((c.status, c.timed_out), (Some(33), false));
@@ -832,6 +834,7 @@ mod tests {
             Duration::from_millis(300),
             File::create(dir.join("b.log")).unwrap(),
             None,
+            None,
         )
         .unwrap();
         assert!(c.timed_out);
@@ -847,6 +850,7 @@ mod tests {
             Duration::from_secs(20),
             File::create(dir.join("c.log")).unwrap(),
             Some(("ready".into(), b"one\ntwo\n".to_vec())),
+            None,
         )
         .unwrap();
         assert_eq!(c.stdout, "ready\ngot one two\n");
@@ -858,6 +862,7 @@ mod tests {
             Duration::from_secs(20),
             File::create(dir.join("d.log")).unwrap(),
             Some(("never".into(), b"x\n".to_vec())),
+            None,
         )
         .unwrap();
         assert_eq!(c.stdout, "start\nend\n");
