@@ -481,6 +481,9 @@ pub fn emulate_privileged<E: Env + ?Sized>(
     env: &mut E,
 ) -> Outcome {
     let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
+    if let Some(outcome) = emulate_common(bytes, regs, env) {
+        return outcome;
+    }
     let insn = match decode(bytes, regs.rip) {
         Ok(insn) => insn,
         Err(outcome) => return outcome,
@@ -488,6 +491,69 @@ pub fn emulate_privileged<E: Env + ?Sized>(
     match execute(&insn, bytes, regs, cpu, env) {
         Ok(len) => Outcome::Emulated { len },
         Err(fault) => Outcome::Fault(fault),
+    }
+}
+
+/// The hot one-byte forms without prefixes, which need no decoder: `cli`, a `sti` whose
+/// next byte is neither `hlt` nor a prefix (which could start one), `hlt`, and `in`/`out` of `al`/`eax` with an 8-bit immediate or
+/// `dx`. `None` for everything else (the full decoder handles it, prefixed forms of
+/// these included). Same semantics as [`execute`]: the property test
+/// `common_forms_match_the_decoder` checks it on every input.
+fn emulate_common<E: Env + ?Sized>(
+    bytes: &[u8],
+    regs: &mut VcpuRegs,
+    env: &mut E,
+) -> Option<Outcome> {
+    let done = |r: Result<(), Fault>, len| match r {
+        Ok(()) => Outcome::Emulated { len },
+        Err(f) => Outcome::Fault(f),
+    };
+    let io_in = |regs: &mut VcpuRegs, env: &mut E, port: u16, size: u8, len| {
+        done(
+            env.io_in(port, size)
+                .map(|v| write_accumulator(regs, size, v)),
+            len,
+        )
+    };
+    Some(match *bytes {
+        [0xfa, ..] => {
+            env.set_interrupts_masked(true);
+            Outcome::Emulated { len: 1 }
+        }
+        // Not when a `hlt` may follow, prefixed or not: `sti; hlt` is one step.
+        [0xfb]
+        | [0xfb, 0x00..=0x25 | 0x27..=0x2d | 0x2f..=0x35 | 0x37..=0x3d | 0x3f, ..]
+        | [0xfb, 0x50..=0x63 | 0x68..=0xef | 0xf1 | 0xf5..=0xff, ..] => {
+            env.set_interrupts_masked(false);
+            Outcome::Emulated { len: 1 }
+        }
+        [0xf4, ..] => {
+            env.halt();
+            Outcome::Emulated { len: 1 }
+        }
+        [op @ (0xe4 | 0xe5), imm, ..] => io_in(regs, env, u16::from(imm), io_width(op), 2),
+        [op @ (0xec | 0xed), ..] => io_in(regs, env, regs.rdx as u16, io_width(op), 1),
+        [op @ (0xe6 | 0xe7), imm, ..] => {
+            let size = io_width(op);
+            done(env.io_out(u16::from(imm), size, accumulator(regs, size)), 2)
+        }
+        [op @ (0xee | 0xef), ..] => {
+            let size = io_width(op);
+            done(
+                env.io_out(regs.rdx as u16, size, accumulator(regs, size)),
+                1,
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// Operand size of an unprefixed `in`/`out` opcode: even = byte, odd = dword.
+fn io_width(opcode: u8) -> u8 {
+    if opcode & 1 == 0 {
+        1
+    } else {
+        4
     }
 }
 
@@ -2769,6 +2835,42 @@ mod tests {
                 prop_assert_eq!(env.calls, vec![Call::Flush(Some(ea))]);
             } else {
                 prop_assert!(env.calls.is_empty());
+            }
+        }
+    }
+
+    proptest! {
+        /// The pre-decoder's forms behave exactly as the full decoder's path: same
+        /// outcome, same registers, same calls, for any following bytes and registers.
+        #[test]
+        fn common_forms_match_the_decoder(
+            op in prop::sample::select(vec![0xfau8, 0xfb, 0xf4, 0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef]),
+            next in prop::sample::select(vec![0xf4u8, 0x48, 0x66, 0xf3, 0x2e, 0x90, 0x0f]),
+            rest in prop::collection::vec(any::<u8>(), 0..13),
+            rax in any::<u64>(),
+            rdx in prop::sample::select(vec![0x80u64, 0x3f8, u64::from(BAD_PORT), 0xffff_0000_0000_0bad, 0x1234]),
+        ) {
+            let mut bytes = vec![op, next];
+            bytes.extend_from_slice(&rest);
+            let regs0 = VcpuRegs { rax, rdx, rip: RIP, ..Default::default() };
+            let (mut fast_regs, mut slow_regs) = (regs0, regs0);
+            let (mut fast_env, mut slow_env) = (Mock::new(), Mock::new());
+            let mut cpu = VirtCpu::reset();
+            let fast = emulate_common(&bytes, &mut fast_regs, &mut fast_env);
+            let slow = match decode(&bytes, RIP) {
+                Ok(insn) => match execute(&insn, &bytes, &mut slow_regs, &mut cpu, &mut slow_env) {
+                    Ok(len) => Outcome::Emulated { len },
+                    Err(f) => Outcome::Fault(f),
+                },
+                Err(o) => o,
+            };
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast, slow);
+                prop_assert_eq!(fast_regs, slow_regs);
+                prop_assert_eq!(fast_env.calls, slow_env.calls);
+            } else {
+                // Only a `sti` that may start `sti; hlt` is left to the decoder.
+                prop_assert!(op == 0xfb);
             }
         }
     }
