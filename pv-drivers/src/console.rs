@@ -85,6 +85,21 @@ impl ConsoleFront {
         Ok(n)
     }
 
+    /// Output bytes written and not yet consumed by the backend (0 when not set up), so
+    /// a guest can let dom0 catch up before closing (what is in the ring when the
+    /// backend disconnects is lost).
+    ///
+    /// # Errors
+    ///
+    /// `EIO` if the backend corrupted the ring indices.
+    pub fn unread_output(&self) -> Result<usize, Errno> {
+        let Some(r) = self.ring.as_ref() else {
+            return Ok(0);
+        };
+        let space = r.pipe.space().map_err(|_| Errno::EIO)?;
+        Ok(abi::stream::StreamLayout::CONSOLE_OUT.buf_len - space)
+    }
+
     /// The event-channel port, while set up.
     pub fn port(&self) -> Option<Port> {
         self.ring.as_ref().map(|r| r.port)
@@ -290,6 +305,18 @@ impl ConsoleBackend {
             }
         }
         result.map(|()| ours)
+    }
+
+    /// Dom0's local ports of the connected consoles (what its event loop waits on).
+    pub fn ports(&self) -> impl Iterator<Item = Port> + '_ {
+        self.guests
+            .values()
+            .filter_map(|g| g.dev.driver.ring.as_ref().map(|r| r.port))
+    }
+
+    /// The guests served.
+    pub fn guests(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.guests.keys().map(|d| DomId(*d))
     }
 
     /// Whether `fe`'s console is connected.

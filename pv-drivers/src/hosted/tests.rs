@@ -495,13 +495,20 @@ fn console_drain_is_fair() {
         assert!(f.is_connected() && back.is_connected(DomId(d)));
         fronts.push((p, f));
     }
+    // The event loop's view: one xenstore and one console port per guest.
+    assert_eq!(back.ports().count(), 2);
+    assert_eq!(back.guests().map(|d| d.0).collect::<Vec<_>>(), [1, 2]);
     let (p1, f1) = &mut fronts[0];
+    assert_eq!(f1.driver.unread_output(), Ok(0));
     assert_eq!(f1.driver.write(p1, &b"a\n".repeat(1024)), Ok(2048));
+    assert_eq!(f1.driver.unread_output(), Ok(2048));
     let (p2, f2) = &mut fronts[1];
     assert_eq!(f2.driver.write(p2, b"b\n"), Ok(2));
     let mut out = Vec::new();
     let n = back.drain(&mut p0, 64, &mut |l| out.push(l.to_vec()));
     assert_eq!(n, 64 + 2);
+    assert_eq!(fronts[0].1.driver.unread_output(), Ok(2048 - 64));
+    assert_eq!(fronts[1].1.driver.unread_output(), Ok(0));
     assert!(out.contains(&b"[dom2] b\n".to_vec()));
     assert_eq!(out.iter().filter(|l| l.starts_with(b"[dom1]")).count(), 32);
     // The rest comes on later calls, in order; nothing is lost.
