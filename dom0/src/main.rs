@@ -25,13 +25,13 @@ extern crate alloc;
 mod backend;
 pub mod blkmode;
 mod console_echo;
-pub mod xsd;
 #[cfg(target_os = "none")]
 pub mod disk;
 pub mod dma;
 pub mod pci;
 #[cfg(target_os = "none")]
 pub mod virtio;
+pub mod xsd;
 
 use pv_guest_kernel::abi::hypercall::ShutdownReason;
 use pv_guest_kernel::abi::start_info::{cstr, StartInfo, SIF_INITDOMAIN, SIF_PRIVILEGED};

@@ -143,12 +143,10 @@ fn print_line(line: &[u8]) {
 impl Service {
     fn introduce(&mut self, info: &DomainInfo) {
         let d = DomId(info.domid);
-        if let Err(e) = self.xsd.introduce(
-            &mut self.p,
-            d,
-            GrantRef(info.store_gref),
-            info.store_port,
-        ) {
+        if let Err(e) =
+            self.xsd
+                .introduce(&mut self.p, d, GrantRef(info.store_gref), info.store_port)
+        {
             self.c.fail(format_args!("introduce d{}", info.domid), e);
             return;
         }

@@ -14,7 +14,8 @@ use abi::grant_table::{
     GNTTABOP_UNMAP_GRANT_REF,
 };
 use abi::hypercall::{
-    ConsoleIoCmd, SchedOpCmd, XenVersionCmd, CONSOLE_IO_MAX, CONSOLE_LINE_MAX, MULTICALL_MAX_ENTRIES,
+    ConsoleIoCmd, SchedOpCmd, XenVersionCmd, CONSOLE_IO_MAX, CONSOLE_LINE_MAX,
+    MULTICALL_MAX_ENTRIES,
 };
 use abi::mm::{
     MMU_BATCH_MAX, UVMF_FLUSHTYPE_MASK, XENMEM_CURRENT_RESERVATION, XENMEM_DECREASE_RESERVATION,

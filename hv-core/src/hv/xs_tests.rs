@@ -417,10 +417,7 @@ fn dom0_writes_whole_unprefixed_lines_domus_may_not() {
         t.call(18, [2, forged.len() as u64, s + 100, 0, 0]),
         forged.len() as i64
     );
-    assert_eq!(
-        &t.hv.console.out[before..],
-        "a?[hv] all domains ended\n"
-    );
+    assert_eq!(&t.hv.console.out[before..], "a?[hv] all domains ended\n");
     // Bounded, checked buffer.
     assert_eq!(
         t.call(18, [2, CONSOLE_LINE_MAX + 1, s + 100, 0, 0]),
