@@ -112,3 +112,18 @@ fn bulk_output_through_the_ring_arrives_whole() {
         assert_eq!(l, &format!("bulk {i:08} {}", "y".repeat(63 - 14)));
     }
 }
+
+#[test]
+fn grant_map_unmap_and_copy_of_a_page_are_measured() {
+    let o = Scenario::new("grantperf")
+        .guest("test=grantperf n=100")
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_line_starting("[d1] grantperf: name=grant_map_unmap_4k unit=cycles n=100 ")
+        .assert_line_starting("[d1] grantperf: name=grant_copy_4k unit=cycles n=100 ");
+    for name in ["grant_map_unmap_4k", "grant_copy_4k"] {
+        let median = o.number_after(&format!("[d1] grantperf: name={name} "), "median=");
+        assert!(median.is_some_and(|m| m > 0), "{name}: {median:?}");
+    }
+}

@@ -13,6 +13,7 @@ mod crash;
 mod devices;
 mod evtchn;
 mod grant;
+mod grantperf;
 mod heap;
 mod memory;
 mod mm_hostile;
@@ -85,6 +86,11 @@ pub static PROGRAMS: &[Program] = &[
         name: "console",
         about: "PV console over xenstore (dom0 xenstored=1): lines=N reconnect=1 echo=N bytes=N",
         run: console::run,
+    },
+    Program {
+        name: "grantperf",
+        about: "n=N: one 4 KiB page shared by grant map+unmap vs GNTTABOP_COPY (cycles)",
+        run: grantperf::run,
     },
     Program {
         name: "xs-hostile",
