@@ -186,7 +186,8 @@ impl Service {
         let d = DomId(domid);
         // The page outlives the domain while mapped: print its last words first.
         self.drain_all();
-        self.con.remove(&mut self.p, d, &mut print_line);
+        self.con
+            .remove(&mut self.xsd.local(), &mut self.p, d, &mut print_line);
         let _ = destroy_device(&mut self.xsd.local(), d, DomId::DOM0, DEVICE_TYPE, 0);
         self.xsd.release(&mut self.p, d);
         println!("xenstored: released d{domid} ({why})");

@@ -127,3 +127,26 @@ fn grant_map_unmap_and_copy_of_a_page_are_measured() {
         assert!(median.is_some_and(|m| m > 0), "{name}: {median:?}");
     }
 }
+
+/// A guest rebuilt by the hypervisor (`max_restarts`): dom0 releases the old instance
+/// and introduces the new generation, whose console connects afresh.
+#[test]
+fn a_rebuilt_guest_is_released_and_introduced_again() {
+    let o = Scenario::new("console-rebuild")
+        .hv_args("max_restarts=1")
+        .dom0("xenstored=1")
+        .guest("test=console lines=2 reboots=1")
+        .run();
+    o.assert_hv_success()
+        .assert_contains("[hv] d1 restarting (generation 1)")
+        .assert_contains("[d0] xenstored: introduced d1 (generation 0")
+        .assert_contains("[d0] xenstored: released d1 (rebuilt)")
+        .assert_contains("[d0] xenstored: introduced d1 (generation 1")
+        .assert_contains("[d0] xenstored: released d1 (ended)")
+        .assert_contains("[d0] ok: every foreign mapping released")
+        .assert_contains("[hv] free frames back to the boot baseline")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+    let mut want = hello(1, 1..=2);
+    want.extend(hello(1, 1..=2));
+    assert_eq!(ring_lines(&o, 1), want, "{}", o.report());
+}
