@@ -146,7 +146,17 @@ pub enum ConsoleIoCmd {
     Write = 0,
     /// Read up to `count` bytes of console input into `buf` (dom0 only). Returns bytes read.
     Read = 1,
+    /// Project extension (not in Xen): write one complete line of at most
+    /// [`CONSOLE_LINE_MAX`] bytes that the hypervisor emits *without* its `[dN] ` source
+    /// prefix (dom0 only, `EPERM` otherwise). dom0's console backend uses it for the
+    /// `[domN] ` lines of the guests it serves, so they appear as such on the serial
+    /// port. Still sanitised: one trailing `\n` is dropped, every other control
+    /// character (a `\n` or `\r` inside, escapes) becomes `?`. Returns `count`.
+    WriteLine = 2,
 }
+
+/// Longest `console_io(WriteLine)` line, in bytes (`E2BIG` beyond).
+pub const CONSOLE_LINE_MAX: u64 = 512;
 
 /// Longest single `console_io` write, in bytes; longer requests fail with `E2BIG`.
 pub const CONSOLE_IO_MAX: u64 = 16 * 1024;
@@ -157,6 +167,7 @@ impl TryFrom<u64> for ConsoleIoCmd {
         match v {
             0 => Ok(ConsoleIoCmd::Write),
             1 => Ok(ConsoleIoCmd::Read),
+            2 => Ok(ConsoleIoCmd::WriteLine),
             _ => Err(Errno::ENOSYS),
         }
     }

@@ -8,6 +8,12 @@
 //! grants and event channels (see `backend`); with `test=console-echo` it echoes lines
 //! typed on the serial console (see `console_echo`).
 //!
+//! With `xenstored=1` dom0 is the service domain: it runs xenstored and the PV console
+//! backend for every domU until they have all ended, then powers off (see [`xsd`];
+//! `console_to=N` picks the domain keyboard input goes to, Ctrl-A switches).
+//! It is a mode rather than the default so that the scenarios that measure or probe
+//! the hypervisor keep a dom0 that does nothing behind their back.
+//!
 //! dom0 is also the driver domain for the real disk: with `blktest=1` or `blkbench=1` it
 //! drives QEMU's virtio-blk-pci itself ([`blkmode`]; PCI configuration through the
 //! ports the hypervisor delegates, BARs mapped through the `iomem` permission, DMA at
@@ -25,6 +31,7 @@ pub mod dma;
 pub mod pci;
 #[cfg(target_os = "none")]
 pub mod virtio;
+pub mod xsd;
 
 use pv_guest_kernel::abi::hypercall::ShutdownReason;
 use pv_guest_kernel::abi::start_info::{cstr, StartInfo, SIF_INITDOMAIN, SIF_PRIVILEGED};
@@ -55,6 +62,9 @@ fn dom0_main(si: &'static StartInfo) -> ! {
         Some("ring-backend") => backend::run(si, cmdline.u64_or("maps", 100)),
         Some("console-echo") => console_echo::run(cmdline.u64_or("lines", 3)),
         _ => {}
+    }
+    if cmdline.u64_or("xenstored", 0) != 0 {
+        xsd::run(si, &cmdline);
     }
     let domid = hv::domain_id();
 

@@ -154,6 +154,38 @@ pub fn emit_line(sink: &mut dyn Write, prefix: core::fmt::Arguments<'_>, line: &
     let _ = sink.write_str("\n");
 }
 
+/// Sanitises one `console_io(WriteLine)` line in place and returns the part to emit:
+/// one trailing `\n` (and a `\r` before it) is dropped, every other control character
+/// (a `\n` or `\r` inside the line, escapes, DEL) becomes `?`, so the caller can emit
+/// exactly one line and never drive the terminal.
+pub fn sanitise_line(line: &mut [u8]) -> &[u8] {
+    let mut len = line.len();
+    if len > 0 && line[len - 1] == b'\n' {
+        len -= 1;
+        if len > 0 && line[len - 1] == b'\r' {
+            len -= 1;
+        }
+    }
+    for b in &mut line[..len] {
+        if *b < 0x20 && *b != b'\t' || *b == 0x7f {
+            *b = b'?';
+        }
+    }
+    &line[..len]
+}
+
+/// Writes `line\n` to `sink` with no source prefix, replacing invalid UTF-8 (the line
+/// is already sanitised: [`sanitise_line`]).
+pub fn emit_raw_line(sink: &mut dyn Write, line: &[u8]) {
+    for chunk in line.utf8_chunks() {
+        let _ = sink.write_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            let _ = sink.write_str("\u{fffd}");
+        }
+    }
+    let _ = sink.write_str("\n");
+}
+
 /// A console sink that records into a `String` (host tests).
 #[cfg(not(target_os = "none"))]
 #[derive(Default)]
@@ -248,6 +280,19 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!(l[0].len(), LINE_MAX);
         assert_eq!(l[1].len(), 5);
+    }
+
+    #[test]
+    fn sanitise_line_keeps_one_line_without_controls() {
+        let mut l = *b"[dom1] a\rb\x1b[2Jc\td\n";
+        assert_eq!(sanitise_line(&mut l), b"[dom1] a?b?[2Jc\td");
+        let mut l = *b"x\ny\r\n";
+        assert_eq!(sanitise_line(&mut l), b"x?y");
+        let mut l = *b"\n";
+        assert_eq!(sanitise_line(&mut l), b"");
+        let mut s = StringConsole::default();
+        emit_raw_line(&mut s, b"[dom2] hi \xff");
+        assert_eq!(s.out, "[dom2] hi \u{fffd}\n");
     }
 
     #[test]

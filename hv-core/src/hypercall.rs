@@ -14,7 +14,8 @@ use abi::grant_table::{
     GNTTABOP_UNMAP_GRANT_REF,
 };
 use abi::hypercall::{
-    ConsoleIoCmd, SchedOpCmd, XenVersionCmd, CONSOLE_IO_MAX, MULTICALL_MAX_ENTRIES,
+    ConsoleIoCmd, SchedOpCmd, XenVersionCmd, CONSOLE_IO_MAX, CONSOLE_LINE_MAX,
+    MULTICALL_MAX_ENTRIES,
 };
 use abi::mm::{
     MMU_BATCH_MAX, UVMF_FLUSHTYPE_MASK, XENMEM_CURRENT_RESERVATION, XENMEM_DECREASE_RESERVATION,
@@ -34,6 +35,13 @@ pub enum Hypercall {
         /// Guest buffer.
         buf: u64,
         /// Bytes to write.
+        len: u64,
+    },
+    /// `console_io(WriteLine, len, buf)`, `len <= CONSOLE_LINE_MAX` (dom0 only).
+    ConsoleWriteLine {
+        /// Guest buffer.
+        buf: u64,
+        /// Bytes of the line.
         len: u64,
     },
     /// `console_io(Read, len, buf)`, `len <= CONSOLE_IO_MAX`.
@@ -179,6 +187,8 @@ pub fn decode(nr: u64, a: [u64; 5]) -> Result<Hypercall, Errno> {
             Ok(match cmd {
                 ConsoleIoCmd::Write => Hypercall::ConsoleWrite { buf, len },
                 ConsoleIoCmd::Read => Hypercall::ConsoleRead { buf, len },
+                ConsoleIoCmd::WriteLine if len > CONSOLE_LINE_MAX => return Err(Errno::E2BIG),
+                ConsoleIoCmd::WriteLine => Hypercall::ConsoleWriteLine { buf, len },
             })
         }
         HypercallNr::XenVersion => Ok(Hypercall::Version {
@@ -317,6 +327,17 @@ mod tests {
         );
         assert_eq!(decode(18, [0, u64::MAX, 0x1000, 0, 0]), Err(Errno::E2BIG));
         assert_eq!(decode(18, [7, 1, 0x1000, 0, 0]), Err(Errno::ENOSYS));
+        assert_eq!(
+            decode(18, [2, CONSOLE_LINE_MAX, 0x1000, 0, 0]),
+            Ok(Hypercall::ConsoleWriteLine {
+                buf: 0x1000,
+                len: CONSOLE_LINE_MAX
+            })
+        );
+        assert_eq!(
+            decode(18, [2, CONSOLE_LINE_MAX + 1, 0x1000, 0, 0]),
+            Err(Errno::E2BIG)
+        );
         assert_eq!(decode(29, [0, 0, 0, 0, 0]), Ok(Hypercall::Yield));
         assert_eq!(
             decode(29, [2, 0x55, 0, 0, 0]),

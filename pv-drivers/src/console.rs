@@ -29,6 +29,8 @@ use crate::xenstore::{Event, Xs, XsError};
 pub const DEVICE_TYPE: &str = "console";
 /// Longest line the backend buffers before printing it anyway.
 pub const LINE_MAX: usize = 256;
+/// More than a console output ring holds.
+const STREAM_MAX: usize = 2 * abi::stream::StreamLayout::CONSOLE_OUT.buf_len;
 /// Default bytes read from one domain per [`ConsoleBackend::drain`] call.
 pub const DRAIN_BUDGET: usize = 512;
 
@@ -83,6 +85,21 @@ impl ConsoleFront {
             platform.notify(r.port)?;
         }
         Ok(n)
+    }
+
+    /// Output bytes written and not yet consumed by the backend (0 when not set up), so
+    /// a guest can let dom0 catch up before closing (what is in the ring when the
+    /// backend disconnects is lost).
+    ///
+    /// # Errors
+    ///
+    /// `EIO` if the backend corrupted the ring indices.
+    pub fn unread_output(&self) -> Result<usize, Errno> {
+        let Some(r) = self.ring.as_ref() else {
+            return Ok(0);
+        };
+        let space = r.pipe.space().map_err(|_| Errno::EIO)?;
+        Ok(abi::stream::StreamLayout::CONSOLE_OUT.buf_len - space)
     }
 
     /// The event-channel port, while set up.
@@ -258,12 +275,21 @@ impl ConsoleBackend {
         Ok(())
     }
 
-    /// Stops serving `fe` (e.g. the domain died): unmaps and unbinds. Buffered output
-    /// is printed first.
-    pub fn remove(&mut self, platform: &mut dyn Platform, fe: DomId, out: &mut dyn FnMut(&[u8])) {
+    /// Stops serving `fe` (e.g. the domain died): unmaps, unbinds and drops the watch,
+    /// so `fe` (a rebuilt domain) can be added again. What is still in its ring (at most
+    /// one ring's worth: the page outlives a dead domain while mapped) and its buffered
+    /// partial line are printed first.
+    pub fn remove(
+        &mut self,
+        xs: &mut dyn Xs,
+        platform: &mut dyn Platform,
+        fe: DomId,
+        out: &mut dyn FnMut(&[u8]),
+    ) {
         if let Some(mut g) = self.guests.remove(&fe.0) {
+            Self::drain_one(&mut g, fe, platform, STREAM_MAX, out);
             Self::flush_line(fe, &mut g.line, out);
-            g.dev.into_driver(platform);
+            g.dev.into_driver(xs, platform);
         }
     }
 
@@ -290,6 +316,18 @@ impl ConsoleBackend {
             }
         }
         result.map(|()| ours)
+    }
+
+    /// Dom0's local ports of the connected consoles (what its event loop waits on).
+    pub fn ports(&self) -> impl Iterator<Item = Port> + '_ {
+        self.guests
+            .values()
+            .filter_map(|g| g.dev.driver.ring.as_ref().map(|r| r.port))
+    }
+
+    /// The guests served.
+    pub fn guests(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.guests.keys().map(|d| DomId(*d))
     }
 
     /// Whether `fe`'s console is connected.
@@ -321,50 +359,61 @@ impl ConsoleBackend {
             .map(|(d, _)| *d)
             .collect();
         let mut total = 0;
-        let mut buf = [0u8; 256];
         for &d in &ids {
             let g = self.guests.get_mut(&d).expect("listed above");
-            let Some(r) = g.dev.driver.ring.as_mut() else {
-                continue;
-            };
-            let mut left = budget;
-            let mut read_any = false;
-            let mut broken = false;
-            while left > 0 {
-                let want = left.min(buf.len());
-                match r.pipe.read(&mut buf[..want]) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        read_any = true;
-                        left -= n;
-                        total += n;
-                        for &b in &buf[..n] {
-                            if b == b'\n' {
-                                Self::flush_line(DomId(d), &mut g.line, out);
-                            } else {
-                                g.line.push(b);
-                                if g.line.len() >= LINE_MAX {
-                                    Self::flush_line(DomId(d), &mut g.line, out);
-                                }
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        broken = true;
-                        break;
-                    }
-                }
-            }
-            if read_any {
-                let _ = platform.notify(r.port);
-            }
-            if broken {
-                Self::flush_line(DomId(d), &mut g.line, out);
-                g.dev.driver.disconnect(platform);
-            }
+            total += Self::drain_one(g, DomId(d), platform, budget, out);
         }
         // Next time, start with the domain after this call's first.
         self.next = ids.get(1).copied().unwrap_or(0);
+        total
+    }
+
+    /// Reads at most `budget` bytes of one guest's output ring into lines.
+    fn drain_one(
+        g: &mut Guest,
+        d: DomId,
+        platform: &mut dyn Platform,
+        budget: usize,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> usize {
+        let Some(r) = g.dev.driver.ring.as_mut() else {
+            return 0;
+        };
+        let mut buf = [0u8; 256];
+        let mut left = budget;
+        let mut total = 0;
+        let mut broken = false;
+        while left > 0 {
+            let want = left.min(buf.len());
+            match r.pipe.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    left -= n;
+                    total += n;
+                    for &b in &buf[..n] {
+                        if b == b'\n' {
+                            Self::flush_line(d, &mut g.line, out);
+                        } else {
+                            g.line.push(b);
+                            if g.line.len() >= LINE_MAX {
+                                Self::flush_line(d, &mut g.line, out);
+                            }
+                        }
+                    }
+                }
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            let _ = platform.notify(r.port);
+        }
+        if broken {
+            Self::flush_line(d, &mut g.line, out);
+            g.dev.driver.disconnect(platform);
+        }
         total
     }
 

@@ -537,10 +537,12 @@ impl<D: BackendDriver> Backend<D> {
         Ok(self.state)
     }
 
-    /// Disconnects (if connected) and gives the driver back, e.g. when the frontend
-    /// domain is gone.
-    pub fn into_driver(mut self, platform: &mut dyn Platform) -> D {
+    /// Disconnects (if connected), drops the watch on the frontend's state (so the
+    /// device can be served again, e.g. for a rebuilt domain) and gives the driver back,
+    /// e.g. when the frontend domain is gone.
+    pub fn into_driver(mut self, xs: &mut dyn Xs, platform: &mut dyn Platform) -> D {
         self.disconnect(platform);
+        let _ = xs.unwatch(&format!("{}/state", self.fe_dir), &self.token);
         self.driver
     }
 }

@@ -411,6 +411,24 @@ impl Fake {
                     }
                     Ok(count)
                 }
+                // The host "hypervisor" has no line prefixes: a line is just output.
+                ConsoleIoCmd::WriteLine if self.cfg.flags & SIF_PRIVILEGED == 0 => {
+                    Err(Errno::EPERM)
+                }
+                ConsoleIoCmd::WriteLine => {
+                    let (count, buf) = (a[1], a[2]);
+                    if count > abi::hypercall::CONSOLE_LINE_MAX {
+                        return Err(Errno::E2BIG);
+                    }
+                    self.check(buf, count, false)?;
+                    // SAFETY: as for `Write`.
+                    let bytes =
+                        unsafe { std::slice::from_raw_parts(buf as *const u8, count as usize) };
+                    let line = String::from_utf8_lossy(bytes);
+                    self.out.console.push_str(line.trim_end_matches('\n'));
+                    self.out.console.push('\n');
+                    Ok(count)
+                }
                 ConsoleIoCmd::Read if self.cfg.flags & SIF_PRIVILEGED != 0 => Ok(0),
                 ConsoleIoCmd::Read => Err(Errno::EPERM),
             },

@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use abi::hypercall::{
     features as feat, ConsoleIoCmd, MulticallEntry, SchedOpCmd, SchedShutdown, ShutdownReason,
-    XenExtraVersion, XenFeatureInfo, XenVersionCmd, CONSOLE_IO_MAX,
+    XenExtraVersion, XenFeatureInfo, XenVersionCmd, CONSOLE_IO_MAX, CONSOLE_LINE_MAX,
 };
 use abi::{DomId, Errno, HypercallNr};
 
@@ -177,6 +177,24 @@ impl Path {
         ];
         // SAFETY: the hypervisor only reads `len <= buf.len()` bytes from `buf`, a live
         // shared slice.
+        let ret = unsafe { self.call(HypercallNr::ConsoleIo as u64, args) };
+        Errno::from_ret(ret).map(|n| n as usize)
+    }
+
+    /// `console_io(WriteLine)` (dom0 only, a project extension): one complete line of at
+    /// most [`CONSOLE_LINE_MAX`] bytes (longer lines are cut), emitted by the hypervisor
+    /// without its `[d0] ` prefix (sanitised; a trailing `\n` is optional). Returns the
+    /// bytes taken.
+    pub fn console_write_line(self, line: &[u8]) -> Result<usize, Errno> {
+        let len = line.len().min(CONSOLE_LINE_MAX as usize);
+        let args = [
+            ConsoleIoCmd::WriteLine as u64,
+            len as u64,
+            line.as_ptr() as u64,
+            0,
+            0,
+        ];
+        // SAFETY: the hypervisor only reads `len <= line.len()` bytes of a live slice.
         let ret = unsafe { self.call(HypercallNr::ConsoleIo as u64, args) };
         Errno::from_ret(ret).map(|n| n as usize)
     }
@@ -353,6 +371,11 @@ pub unsafe fn raw(nr: u64, args: [u64; 5]) -> i64 {
 /// [`Path::console_write`] on the default path.
 pub fn console_write(buf: &[u8]) -> Result<usize, Errno> {
     default_path().console_write(buf)
+}
+
+/// [`Path::console_write_line`] on the default path.
+pub fn console_write_line(line: &[u8]) -> Result<usize, Errno> {
+    default_path().console_write_line(line)
 }
 
 /// [`Path::console_read`] on the default path.

@@ -39,7 +39,7 @@ use crate::paging;
 use crate::pod::Pod;
 use abi::hypercall::{
     features, MulticallEntry, SchedShutdown, ShutdownReason, XenFeatureInfo, XenVersionCmd,
-    CONSOLE_IO_MAX, VERSION_MAJOR, VERSION_MINOR,
+    CONSOLE_IO_MAX, CONSOLE_LINE_MAX, VERSION_MAJOR, VERSION_MINOR,
 };
 use abi::mm::{
     MachphysMapping, MemoryReservation, MmuUpdate, MmuextOp, INVALID_M2P_ENTRY, M2P_VIRT_START,
@@ -924,6 +924,20 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                         emit_line(console, format_args!("{id}"), line)
                     });
                 })?;
+                Ok(len)
+            }
+            Hypercall::ConsoleWriteLine { buf, len } => {
+                if !privileged {
+                    return Err(Errno::EPERM);
+                }
+                let mut line = [0u8; CONSOLE_LINE_MAX as usize];
+                let line = &mut line[..len as usize];
+                GuestMem::new(&mut self.mem, l4).read(buf, line)?;
+                // dom0's own partial `[d0] ` line (if any) goes first, whole.
+                let console = &mut self.console;
+                dom.console
+                    .flush(&mut |l| emit_line(console, format_args!("{id}"), l));
+                crate::console::emit_raw_line(console, crate::console::sanitise_line(line));
                 Ok(len)
             }
             Hypercall::ConsoleRead { buf, len } => {

@@ -388,3 +388,45 @@ fn dom0_waiting_for_console_input_is_not_a_deadlock() {
         "{next:?}"
     );
 }
+
+#[test]
+fn dom0_writes_whole_unprefixed_lines_domus_may_not() {
+    use abi::hypercall::CONSOLE_LINE_MAX;
+    let mut t = T::new();
+    let s = t.scratch;
+    t.yield_to(DomId(0));
+    let before = t.hv.console.out.len();
+    // A partial `[d0] ` line is flushed first, whole; the raw line has no prefix.
+    t.poke(s, b"partial");
+    assert_eq!(t.call(18, [0, 7, s, 0, 0]), 7);
+    let line = b"[dom1] console-ring: hi\r\x1b[31mred\n";
+    t.poke(s + 100, line);
+    assert_eq!(
+        t.call(18, [2, line.len() as u64, s + 100, 0, 0]),
+        line.len() as i64
+    );
+    assert_eq!(
+        &t.hv.console.out[before..],
+        "[d0] partial\n[dom1] console-ring: hi??[31mred\n"
+    );
+    // One line per call: an embedded newline cannot start a forged line.
+    let before = t.hv.console.out.len();
+    let forged = b"a\n[hv] all domains ended";
+    t.poke(s + 100, forged);
+    assert_eq!(
+        t.call(18, [2, forged.len() as u64, s + 100, 0, 0]),
+        forged.len() as i64
+    );
+    assert_eq!(&t.hv.console.out[before..], "a?[hv] all domains ended\n");
+    // Bounded, checked buffer.
+    assert_eq!(
+        t.call(18, [2, CONSOLE_LINE_MAX + 1, s + 100, 0, 0]),
+        Errno::E2BIG.to_ret()
+    );
+    assert_eq!(t.call(18, [2, 4, 0x1000, 0, 0]), Errno::EFAULT.to_ret());
+    // A domU is refused and nothing is printed.
+    t.yield_to(DomId(1));
+    let before = t.hv.console.out.len();
+    assert_eq!(t.call(18, [2, 4, s + 100, 0, 0]), Errno::EPERM.to_ret());
+    assert_eq!(t.hv.console.out.len(), before);
+}

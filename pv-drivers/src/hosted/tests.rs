@@ -495,13 +495,20 @@ fn console_drain_is_fair() {
         assert!(f.is_connected() && back.is_connected(DomId(d)));
         fronts.push((p, f));
     }
+    // The event loop's view: one xenstore and one console port per guest.
+    assert_eq!(back.ports().count(), 2);
+    assert_eq!(back.guests().map(|d| d.0).collect::<Vec<_>>(), [1, 2]);
     let (p1, f1) = &mut fronts[0];
+    assert_eq!(f1.driver.unread_output(), Ok(0));
     assert_eq!(f1.driver.write(p1, &b"a\n".repeat(1024)), Ok(2048));
+    assert_eq!(f1.driver.unread_output(), Ok(2048));
     let (p2, f2) = &mut fronts[1];
     assert_eq!(f2.driver.write(p2, b"b\n"), Ok(2));
     let mut out = Vec::new();
     let n = back.drain(&mut p0, 64, &mut |l| out.push(l.to_vec()));
     assert_eq!(n, 64 + 2);
+    assert_eq!(fronts[0].1.driver.unread_output(), Ok(2048 - 64));
+    assert_eq!(fronts[1].1.driver.unread_output(), Ok(0));
     assert!(out.contains(&b"[dom2] b\n".to_vec()));
     assert_eq!(out.iter().filter(|l| l.starts_with(b"[dom1]")).count(), 32);
     // The rest comes on later calls, in order; nothing is lost.
@@ -527,6 +534,25 @@ fn console_drain_is_fair() {
     assert_eq!(f1.driver.read(p1, &mut buf), Ok(0));
     let (p2, f2) = &mut fronts[1];
     assert_eq!(f2.driver.read(p2, &mut buf), Ok(1));
+    // A domain that is gone (or rebuilt): removed, then served again from scratch.
+    assert_eq!(f2.driver.write(p2, b"last words"), Ok(10));
+    out.clear();
+    back.remove(&mut xsd.local(), &mut p0, DomId(2), &mut |l| {
+        out.push(l.to_vec())
+    });
+    assert_eq!(
+        out,
+        [b"[dom2] last words\n".to_vec()],
+        "its last output printed"
+    );
+    assert_eq!(back.guests().map(|d| d.0).collect::<Vec<_>>(), [1]);
+    assert_eq!(back.ports().count(), 1, "d2's port closed");
+    create_device(&mut xsd.local(), DomId(2), DomId::DOM0, "console", 0).unwrap();
+    assert_eq!(back.add(&mut xsd.local(), &mut p0, DomId(2)), Ok(()));
+    assert_eq!(
+        back.add(&mut xsd.local(), &mut p0, DomId(2)),
+        Err(XsError::EEXIST)
+    );
 }
 
 /// A guest prints 1 MiB (64-byte lines); everything arrives in order. Prints the

@@ -157,6 +157,11 @@ impl Xenstored {
         self.served.keys().map(|d| DomId(*d))
     }
 
+    /// Dom0's local ports of the served connections (what its event loop waits on).
+    pub fn ports(&self) -> impl Iterator<Item = Port> + '_ {
+        self.served.values().map(|s| s.port)
+    }
+
     /// Connections dropped so far, and why.
     pub fn broken(&self) -> &[(DomId, Broken)] {
         &self.broken

@@ -8,10 +8,12 @@ mod badptr;
 mod basic;
 mod bench;
 mod clock;
+mod console;
 mod crash;
 mod devices;
 mod evtchn;
 mod grant;
+mod grantperf;
 mod heap;
 mod memory;
 mod mm_hostile;
@@ -79,6 +81,21 @@ pub static PROGRAMS: &[Program] = &[
         name: "mmperf",
         about: "cost of one PTE update: mmu_update batches, update_va_mapping, ptwr",
         run: basic::mmperf,
+    },
+    Program {
+        name: "console",
+        about: "PV console over xenstore (dom0 xenstored=1): lines=N reconnect=1 echo=N bytes=N",
+        run: console::run,
+    },
+    Program {
+        name: "grantperf",
+        about: "n=N: one 4 KiB page shared by grant map+unmap vs GNTTABOP_COPY (cycles)",
+        run: grantperf::run,
+    },
+    Program {
+        name: "xs-hostile",
+        about: "refused reads/writes, a node-quota flood, then a garbage header to xenstored",
+        run: console::hostile,
     },
     Program {
         name: "spin",
