@@ -97,6 +97,8 @@ pub enum Part {
     Micro,
     /// Two guests, `part=pair` (main and partner).
     Pair,
+    /// One guest, the `grantperf` program (grant map+unmap vs grant copy).
+    Grant,
 }
 
 /// The batch sizes of the curves.
@@ -182,6 +184,20 @@ pub const FIGURES: &[FigureSpec] = &[
         label: "yield to another domain and back",
         reference: SYSCALL_REF,
         part: Part::Pair,
+        curve: false,
+    },
+    FigureSpec {
+        name: "grant_map_unmap_4k",
+        label: "grant map + unmap of one 4 KiB page",
+        reference: SYSCALL_REF,
+        part: Part::Grant,
+        curve: false,
+    },
+    FigureSpec {
+        name: "grant_copy_4k",
+        label: "grant copy of one 4 KiB page",
+        reference: SYSCALL_REF,
+        part: Part::Grant,
         curve: false,
     },
 ];
@@ -522,7 +538,12 @@ pub fn run(opts: &Options) -> Result<Report> {
             format!("test=bench part=pair role=partner peer=1 n={n}"),
         ],
     );
-    for (part, out) in [(Part::Micro, &micro), (Part::Pair, &pair)] {
+    let grant = boot(opts, "bench-grant", "", &[format!("test=grantperf n={n}")]);
+    for (part, out) in [
+        (Part::Micro, &micro),
+        (Part::Pair, &pair),
+        (Part::Grant, &grant),
+    ] {
         collect(
             out,
             "pv",

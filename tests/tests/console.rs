@@ -120,10 +120,10 @@ fn grant_map_unmap_and_copy_of_a_page_are_measured() {
         .run();
     o.assert_hv_success()
         .assert_result("[d1] ", TestResult::Success)
-        .assert_line_starting("[d1] grantperf: name=grant_map_unmap_4k unit=cycles n=100 ")
-        .assert_line_starting("[d1] grantperf: name=grant_copy_4k unit=cycles n=100 ");
+        .assert_line_starting("[d1] bench: name=grant_map_unmap_4k unit=cycles batch=1 n=100 ")
+        .assert_line_starting("[d1] bench: name=grant_copy_4k unit=cycles batch=1 n=100 ");
     for name in ["grant_map_unmap_4k", "grant_copy_4k"] {
-        let median = o.number_after(&format!("[d1] grantperf: name={name} "), "median=");
+        let median = o.number_after(&format!("[d1] bench: name={name} "), "median=");
         assert!(median.is_some_and(|m| m > 0), "{name}: {median:?}");
     }
 }

@@ -120,7 +120,7 @@ fn stamp() -> u64 {
 /// The measuring loop: the sample buffer, sizes, the overhead, and the verdict.
 pub(super) struct Lab {
     samples: &'static mut [u64],
-    n: usize,
+    pub(super) n: usize,
     pub(super) warm: usize,
     overhead: u64,
     pub(super) c: Checker,

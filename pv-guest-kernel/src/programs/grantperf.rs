@@ -2,52 +2,29 @@
 //! (issue 6/7's performance rows): map + unmap of a grant (`GNTTABOP_MAP_GRANT_REF` /
 //! `UNMAP`, through [`PvPlatform`], into a foreign slot) versus `GNTTABOP_COPY` of the
 //! whole page into a grant. This domain grants a page to itself, so one guest measures
-//! both; each figure is the median (and p10/p90) of `n=N` (500) timed operations after a
-//! warm-up, in TSC cycles (instructions under `-icount shift=0`), and each round is
-//! checked (the mapping shows the page's bytes, the copy lands).
-
-use alloc::vec::Vec;
+//! both, with the lab's measuring loop (`n=N` samples; `bench: name=grant_map_unmap_4k` and
+//! `grant_copy_4k` lines that `cargo xtask bench` reports), and each round is checked
+//! (the mapping shows the page's bytes, the copy lands).
 
 use pv_guest_kernel::abi::{Errno, Mfn, Pfn, PAGE_SIZE};
 use pv_guest_kernel::drivers::PvPlatform;
 use pv_guest_kernel::pv_drivers::platform::Platform;
-use pv_guest_kernel::xtf::{self, Checker};
-use pv_guest_kernel::{hv, mem, println, time};
+use pv_guest_kernel::xtf;
+use pv_guest_kernel::{hv, mem};
 
+use super::bench::Lab;
 use super::Env;
-
-fn report(name: &str, mut s: Vec<u64>) {
-    s.sort_unstable();
-    let at = |q: usize| s.get(s.len() * q / 100).copied().unwrap_or(0);
-    println!(
-        "grantperf: name={name} unit=cycles n={} p10={} median={} p90={}",
-        s.len(),
-        at(10),
-        at(50),
-        at(90)
-    );
-}
-
-fn timed(n: usize, op: &mut dyn FnMut() -> Result<(), Errno>) -> Result<Vec<u64>, Errno> {
-    for _ in 0..(n / 10).max(5) {
-        op()?;
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t0 = time::rdtsc();
-        op()?;
-        v.push(time::rdtsc().wrapping_sub(t0));
-    }
-    Ok(v)
-}
 
 /// `grantperf`: see the module docs.
 pub fn run(env: &Env) -> ! {
-    let mut c = Checker::new();
     if cfg!(not(target_os = "none")) {
         xtf::error("grant tables need the real hypervisor");
     }
-    let n = env.cmdline.u64_or("n", 500).clamp(10, 100_000) as usize;
+    // The lab's measuring loop (warm-up, serialised TSC, statistics, the `bench:` line
+    // `cargo xtask bench` parses); its sample buffer comes first, before the platform
+    // takes the free memory.
+    let mut lab = Lab::new(env);
+    let n = lab.n;
     let mut p = match PvPlatform::new(env.si) {
         Ok(p) => p,
         Err(e) => xtf::error(format_args!("PvPlatform::new: {e}")),
@@ -71,35 +48,27 @@ pub fn run(env: &Env) -> ! {
     };
 
     let mut bad = 0u32;
-    let r = timed(n, &mut || {
-        let m = p.map_grant(me, gsrc, false)?;
+    lab.figure("grant_map_unmap_4k", 1, n, &mut || {
+        let m = p.map_grant(me, gsrc, false).map_err(Errno::to_ret)?;
         // SAFETY: mapped by the line above; a volatile read of one byte.
         let b = unsafe { m.page.as_ptr().add(123).read_volatile() };
         bad += u32::from(b != 123u8 ^ 0x5a);
-        p.unmap_grant(m)
+        p.unmap_grant(m).map_err(Errno::to_ret)
     });
-    match r {
-        Ok(s) => report("grant_map_unmap_4k", s),
-        Err(e) => c.fail("map+unmap", e),
-    }
-    c.check_eq("every mapping showed the granted page", 0, bad);
-
-    let r = timed(n, &mut || {
+    lab.c
+        .check_eq("every mapping showed the granted page", 0, bad);
+    lab.figure("grant_copy_4k", 1, n, &mut || {
         let mut op = hv::copy_to_grant(Mfn(src_mfn.0), 0, me, gdst.0, 0, PAGE_SIZE as u16);
-        hv::gnttab_copy(&mut op)
+        hv::gnttab_copy(&mut op).map_err(Errno::to_ret)
     });
-    match r {
-        Ok(s) => report("grant_copy_4k", s),
-        Err(e) => c.fail("copy", e),
-    }
     // SAFETY: our own page; volatile reads.
     let same = (0..PAGE_SIZE)
         .all(|i| unsafe { dst.page.as_ptr().add(i).read_volatile() } == i as u8 ^ 0x5a);
-    c.check("the copy landed", same);
-    c.check_eq(
+    lab.c.check("the copy landed", same);
+    lab.c.check_eq(
         "end the grants",
         (Ok(()), Ok(())),
         (p.end_access(gsrc), p.end_access(gdst)),
     );
-    c.finish()
+    lab.c.finish()
 }
