@@ -16,6 +16,7 @@
 
 extern crate alloc;
 
+pub mod blockdev;
 pub mod console;
 pub mod platform;
 pub mod xenbus;
