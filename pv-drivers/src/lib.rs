@@ -18,6 +18,7 @@ extern crate alloc;
 
 pub mod blockdev;
 pub mod console;
+pub mod fat;
 pub mod platform;
 pub mod xenbus;
 pub mod xenstore;

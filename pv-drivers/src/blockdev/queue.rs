@@ -25,8 +25,10 @@
 //! - the queue holds at most `max_pending_bytes` of data; past that a submit
 //!   dispatches first (back-pressure instead of unbounded memory).
 //!
-//! The queue is itself a [`BlockDevice`]: `write` queues, `read` dispatches and waits
-//! for its data, `flush` dispatches and flushes. So a filesystem can run over a queue
+//! The queue is itself a [`BlockDevice`]: `write` queues; `read` reads at once if no
+//! queued write touches its sectors (reads change nothing, so this is the same result
+//! as reading after the queue), otherwise it dispatches the queue first and waits for
+//! its data; `flush` dispatches and flushes. So a filesystem can run over a queue
 //! exactly as over a raw device.
 
 use alloc::collections::BTreeMap;
@@ -260,6 +262,29 @@ impl<D: BlockDevice> RequestQueue<D> {
         }
     }
 
+    /// True if a queued write touches any of `count` sectors from `sector`.
+    fn overlaps_pending_write(&self, sector: u64, count: u64) -> bool {
+        let ss = u64::from(self.dev.sector_size());
+        self.pending.iter().any(|op| match op {
+            Op::Write { sector: ws, data } => {
+                let wn = data.len() as u64 / ss;
+                *ws < sector + count && sector < *ws + wn
+            }
+            _ => false,
+        })
+    }
+
+    /// Reads straight from the device, split at the maximum request size.
+    fn read_now(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let chunk = self.max_request_sectors as usize * self.dev.sector_size() as usize;
+        for (i, piece) in buf.chunks_mut(chunk).enumerate() {
+            self.stats.dispatched += 1;
+            let s = sector + (i * self.max_request_sectors as usize) as u64;
+            self.dev.read(s, piece)?;
+        }
+        Ok(())
+    }
+
     fn make_room(&mut self, bytes: usize) -> Result<(), BlockError> {
         if !self.pending.is_empty() && self.pending_bytes + bytes > self.max_pending_bytes {
             self.dispatch()
@@ -340,6 +365,12 @@ impl<D: BlockDevice> BlockDevice for RequestQueue<D> {
         )?;
         if count == 0 {
             return Ok(());
+        }
+        if !self.overlaps_pending_write(sector, count) {
+            // Nothing queued changes these sectors, so reading them now gives what
+            // reading after the queue would: the queued writes stay queued (and keep
+            // merging) while a filesystem reads around them.
+            return self.read_now(sector, buf);
         }
         let id = self.submit_read(sector, count)?;
         // Errors of earlier (write) operations are sticky for the next flush; this

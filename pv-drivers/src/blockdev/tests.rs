@@ -340,3 +340,23 @@ proptest! {
         prop_assert_eq!(dev.disk.to_image(), direct.to_image());
     }
 }
+
+#[test]
+fn reads_pass_queued_writes_only_where_they_do_not_overlap() {
+    let mut q = RequestQueue::new(Recorder::new(64), 64);
+    q.write(10, &pattern(10, 2, 1)).unwrap();
+    let mut buf = [0u8; 512];
+    // Sector 12 is untouched by the queued write: read at once, the write stays queued.
+    q.read(12, &mut buf).unwrap();
+    assert_eq!(q.pending(), 1);
+    q.write(12, &pattern(12, 1, 1)).unwrap();
+    assert_eq!(q.pending(), 1, "merged into the queued write");
+    // Sector 11 is being written: the queue goes first, the read sees the new data.
+    q.read(11, &mut buf).unwrap();
+    assert_eq!(q.pending(), 0);
+    assert_eq!(&buf[..], &pattern(10, 2, 1)[512..]);
+    assert_eq!(
+        q.device().log,
+        vec![Event::Read(12, 1), Event::Write(10, 3), Event::Read(11, 1)]
+    );
+}
