@@ -17,6 +17,7 @@
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 
+pub mod integrity;
 pub mod queue;
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 //! direct device access would give (the property test in `tests` checks exactly that).
 //!
 //! Semantics:
-//! - submitted operations are kept in order. A write is merged only with the operation
-//!   queued just before it (the *tail*), and only if that is a write whose sectors are
-//!   adjacent (it continues or precedes it); a read likewise with a tail read it
-//!   continues. Merging with the tail never reorders anything, and nothing merges across
-//!   a flush;
+//! - submitted operations keep their order wherever it can matter. A new write merges
+//!   into a recent queued write (the last [`MERGE_WINDOW`] operations, never across a
+//!   flush) that it continues, precedes or exactly overwrites, but only if no operation
+//!   queued after that write touches the new write's sectors: disjoint writes commute,
+//!   so the device ends up with the same data. A read merges only with a queued read
+//!   just before it that it continues. A filesystem's pattern (data sector, FAT sector,
+//!   FAT copy, next data sector, ...) thus still becomes one large data write;
 //! - [`RequestQueue::dispatch`] sends the queue to the device in order, every merged
 //!   request cut into pieces of at most `max_request_sectors`;
 //! - a flush (barrier) is dispatched after every operation queued before it has
@@ -80,6 +82,9 @@ pub struct RequestQueue<D: BlockDevice> {
     write_error: Option<BlockError>,
     stats: QueueStats,
 }
+
+/// How many queued operations a new write is compared with for merging.
+pub const MERGE_WINDOW: usize = 32;
 
 /// Default cap on queued data (1 MiB).
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 1 << 20;
@@ -147,27 +152,9 @@ impl<D: BlockDevice> RequestQueue<D> {
         self.make_room(data.len())?;
         self.stats.submitted += 1;
         self.pending_bytes += data.len();
-        let ss = u64::from(self.dev.sector_size());
-        if let Some(Op::Write {
-            sector: ts,
-            data: td,
-        }) = self.pending.last_mut()
-        {
-            let tail_sectors = td.len() as u64 / ss;
-            if *ts + tail_sectors == sector {
-                td.extend_from_slice(data);
-                self.stats.merged += 1;
-                return Ok(());
-            }
-            if sector + count == *ts {
-                let mut merged = Vec::with_capacity(data.len() + td.len());
-                merged.extend_from_slice(data);
-                merged.extend_from_slice(td);
-                *td = merged;
-                *ts = sector;
-                self.stats.merged += 1;
-                return Ok(());
-            }
+        if self.merge_write(sector, count, data) {
+            self.stats.merged += 1;
+            return Ok(());
         }
         self.pending.push(Op::Write {
             sector,
@@ -260,6 +247,59 @@ impl<D: BlockDevice> RequestQueue<D> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Merges a new write into a queued one if that gives the same result as queueing it
+    /// last: walking back from the tail (at most [`MERGE_WINDOW`] operations, never past
+    /// a flush), the first queued write it continues, precedes or exactly overwrites
+    /// takes it, provided no operation after that write touches the new sectors (so
+    /// moving the new write back to it reorders nothing that could observe the
+    /// difference). Returns false if it has to be queued as a new operation.
+    fn merge_write(&mut self, sector: u64, count: u64, data: &[u8]) -> bool {
+        let ss = u64::from(self.dev.sector_size());
+        let end = sector + count;
+        for op in self.pending.iter_mut().rev().take(MERGE_WINDOW) {
+            match op {
+                Op::Flush => return false,
+                Op::Read {
+                    sector: rs,
+                    sectors: rn,
+                    ..
+                } => {
+                    if *rs < end && sector < *rs + *rn {
+                        return false;
+                    }
+                }
+                Op::Write {
+                    sector: ws,
+                    data: wd,
+                } => {
+                    let wend = *ws + wd.len() as u64 / ss;
+                    if wend == sector {
+                        wd.extend_from_slice(data);
+                        return true;
+                    }
+                    if end == *ws {
+                        let mut merged = Vec::with_capacity(data.len() + wd.len());
+                        merged.extend_from_slice(data);
+                        merged.extend_from_slice(wd);
+                        *wd = merged;
+                        *ws = sector;
+                        return true;
+                    }
+                    if *ws == sector && wend == end {
+                        // The same sectors again (a FAT or directory sector updated
+                        // twice): only the newer data needs to reach the device.
+                        wd.copy_from_slice(data);
+                        return true;
+                    }
+                    if *ws < end && sector < wend {
+                        return false;
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// True if a queued write touches any of `count` sectors from `sector`.
