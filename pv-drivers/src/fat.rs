@@ -295,10 +295,25 @@ impl Layout {
         let fats = u64::from(b[16]);
         let fat_sectors = le32(36);
         let total = le32(32);
-        if le16(11) != 512 || spc == 0 || fats == 0 || le16(17) != 0 || le16(22) != 0 {
+        // What FAT32 requires of its BPB (and what the crate's own arithmetic relies on:
+        // it prefers the 16-bit total and FAT size when they are non-zero, and
+        // subtracts without checking).
+        if le16(11) != 512
+            || !spc.is_power_of_two()
+            || reserved == 0
+            || fats == 0
+            || le16(17) != 0
+            || le16(19) != 0
+            || le16(22) != 0
+            || le16(42) != 0
+            || &b[510..512] != b"\x55\xaa"
+        {
             return Err(FsError::Format("not a FAT32 volume"));
         }
         let data_start = reserved + fats * fat_sectors;
+        if data_start >= total {
+            return Err(FsError::Format("FAT32 geometry does not fit the disk"));
+        }
         let clusters = total.saturating_sub(data_start) / spc;
         if clusters < u64::from(MIN_FAT32_CLUSTERS)
             || fat_sectors * 128 < clusters + 2

@@ -360,3 +360,51 @@ fn geometry_follows_the_fat32_rules() {
     }
     let _ = vec![0u8; 0];
 }
+
+mod corrupt {
+    //! A damaged volume must give errors, never a panic or a hang: random bytes written
+    //! over the boot sector, FSInfo, the FATs' first sectors and the root directory.
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn base() -> &'static MemDisk {
+        static BASE: OnceLock<MemDisk> = OnceLock::new();
+        BASE.get_or_init(|| {
+            let mut d = MemDisk::new(34 << 11, 512);
+            format_fat32(&mut d, "BASE", 9).unwrap();
+            let mut fs = FatFs::mount(d).unwrap();
+            fs.create_file("A.TXT", &big_data(3000, 1)).unwrap();
+            fs.mkdir("D").unwrap();
+            fs.create_file("D/B.TXT", b"b").unwrap();
+            fs.unmount().unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn damaged_volumes_give_errors_not_panics(
+            hits in proptest::collection::vec((0usize..4, 0usize..512, any::<u8>()), 1..8)
+        ) {
+            let mut d = base().clone();
+            let g = fat32_geometry(d.sectors()).unwrap();
+            for (region, off, val) in hits {
+                let sector = [0u64, 1, 32, u64::from(g.data_start)][region];
+                let mut s = [0u8; 512];
+                d.read(sector, &mut s).unwrap();
+                s[off] = val;
+                d.write(sector, &s).unwrap();
+            }
+            if let Ok(mut fs) = FatFs::mount(d) {
+                let _ = fs.list("/");
+                let _ = fs.list("D");
+                let _ = fs.read_file("A.TXT");
+                let _ = fs.read_file("D/B.TXT");
+                let _ = fs.create_file("NEW.TXT", b"new");
+                let _ = fs.delete("A.TXT");
+                let _ = fs.unmount();
+            }
+        }
+    }
+}
