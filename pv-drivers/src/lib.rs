@@ -9,6 +9,8 @@
 //!   ([`xenstore::client`]) and the [`xenstore::Xs`] operations both offer;
 //! - [`xenbus`]: the reusable frontend/backend handshake over xenstore;
 //! - [`console`]: the PV console, the first device on that handshake;
+//! - [`blockdev`]: the block-device contract blkfront implements, the request queue
+//!   above it and the integrity pattern; [`fat`]: a FAT32 filesystem over it;
 //! - `hosted` (tests and the `hosted` feature): all of the above running on the host,
 //!   domains as threads.
 #![cfg_attr(not(any(test, feature = "hosted")), no_std)]
@@ -16,7 +18,9 @@
 
 extern crate alloc;
 
+pub mod blockdev;
 pub mod console;
+pub mod fat;
 pub mod platform;
 pub mod xenbus;
 pub mod xenstore;

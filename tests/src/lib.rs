@@ -6,6 +6,7 @@
 //! - [`accel`]: the KVM-or-TCG decision (a pure function) and the probe of this machine;
 //! - [`qemu`]: the QEMU command line, the multiboot module strings and the exit-code
 //!   convention of the hypervisor (33 = success, 35 = failure);
+//! - [`disk`]: the pattern and checksum of the guest's block workloads, image checks;
 //! - [`scenario`]: [`Scenario`] (one QEMU boot with a hard timeout, output captured and
 //!   logged to `target/scenario-logs/<name>.log`) and its [`Outcome`] with the parsing and
 //!   assertion helpers the tests use;
@@ -18,6 +19,7 @@
 
 pub mod accel;
 pub mod bench;
+pub mod disk;
 pub mod qemu;
 pub mod scenario;
 

@@ -12,6 +12,7 @@ mod console;
 mod crash;
 mod devices;
 mod evtchn;
+mod fs;
 mod grant;
 mod grantperf;
 mod heap;
@@ -189,6 +190,16 @@ pub static PROGRAMS: &[Program] = &[
         run: grant::front,
     },
     Program {
+        name: "fs",
+        about: "disk=ram seed=N file_kib=N: FAT32 file workload over a BlockDevice and the request queue",
+        run: fs::fs,
+    },
+    Program {
+        name: "integrity",
+        about: "disk=ram seed=N mib=N sector=N verify_only=1: pattern write, flush, read back, checksum",
+        run: fs::integrity,
+    },
+    Program {
         name: "heap",
         about: "alloc through the kernel heap: Box, Vec, BTreeMap, accounting, reuse; oom=1 panics",
         run: heap::run,
@@ -275,6 +286,47 @@ mod tests {
             assert!(std::ptr::eq(find(p.name).unwrap(), p));
         }
         assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn fs_workload_on_a_ram_disk() {
+        let out = run_test("test=fs seed=5 file_kib=64");
+        assert_success(&out);
+        let want = format!(
+            "fs: DATA.BIN bytes=65536 fnv={:016x}",
+            pv_drivers::blockdev::integrity::pattern_fnv(5, 65536)
+        );
+        assert!(out.console.contains(&want), "{}", out.console);
+        let lines = out.lines();
+        assert!(lines.contains(&"fs: / SUB dir 0"), "{}", out.console);
+        assert!(
+            lines.contains(&"fs: / DATA.BIN file 65536"),
+            "{}",
+            out.console
+        );
+        assert!(!out.console.contains("GONE.TXT file"), "{}", out.console);
+    }
+
+    #[test]
+    fn integrity_on_a_ram_disk_and_its_refusals() {
+        let out = run_test("test=integrity seed=9 mib=2 sector=8");
+        assert_success(&out);
+        let want = format!(
+            "integrity: seed=9 mib=2 sector=8 fnv={:016x}",
+            pv_drivers::blockdev::integrity::pattern_fnv(9, 2 << 20)
+        );
+        assert!(out.lines().contains(&want.as_str()), "{}", out.console);
+        // A RAM disk cannot hold an earlier boot's data; an unknown disk is an error.
+        for cmd in ["test=integrity verify_only=1", "test=integrity disk=nope"] {
+            let out = run_test(cmd);
+            assert_eq!(out.results().len(), 1, "{}", out.console);
+            assert!(
+                out.results()[0].starts_with("Test result: ERROR"),
+                "{}",
+                out.console
+            );
+            assert_eq!(out.shutdown, Some(ShutdownReason::Crash));
+        }
     }
 
     #[test]
