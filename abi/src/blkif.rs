@@ -441,10 +441,10 @@ mod tests {
         let pages: std::vec::Vec<_> = (0..4)
             .map(|_| std::boxed::Box::new(Page(core::cell::UnsafeCell::new([0; 4096]))))
             .collect();
-        // SAFETY: the pages outlive both rings; each side uses only the ring API.
         let handles = |_| -> std::vec::Vec<SharedPage> {
             pages
                 .iter()
+                // SAFETY: the pages outlive both rings; each side uses only the ring API.
                 .map(|p| unsafe { SharedPage::new(p.0.get().cast()) })
                 .collect()
         };

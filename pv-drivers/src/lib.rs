@@ -9,6 +9,8 @@
 //!   ([`xenstore::client`]) and the [`xenstore::Xs`] operations both offer;
 //! - [`xenbus`]: the reusable frontend/backend handshake over xenstore;
 //! - [`console`]: the PV console, the first device on that handshake;
+//! - [`blk`]: the PV block device (blkfront, blkback, the block stores it serves from);
+//! - [`blockdev`]: the `BlockDevice` trait filesystems use;
 //! - `hosted` (tests and the `hosted` feature): all of the above running on the host,
 //!   domains as threads.
 #![cfg_attr(not(any(test, feature = "hosted")), no_std)]
@@ -16,6 +18,8 @@
 
 extern crate alloc;
 
+pub mod blk;
+pub mod blockdev;
 pub mod console;
 pub mod platform;
 pub mod xenbus;
