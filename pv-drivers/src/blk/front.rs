@@ -179,6 +179,8 @@ pub struct BlkFront {
     /// Completions of requests failed by a disconnect, for `poll`.
     failed: VecDeque<Done>,
     broken: bool,
+    /// Closed because the ring broke: open again once closed.
+    reopen: bool,
     backend: DomId,
     /// Responses with an id we never issued (a buggy or hostile backend).
     pub bogus_responses: u64,
@@ -204,6 +206,7 @@ impl BlkFront {
             next_id: 1,
             failed: VecDeque::new(),
             broken: false,
+            reopen: false,
             backend: DomId::DOM0,
             bogus_responses: 0,
         }
@@ -806,8 +809,14 @@ pub fn process(
     }
     if fe.driver.broken && fe.is_connected() {
         fe.close();
+        fe.driver.reopen = true;
     }
-    let st = fe.process(xs, platform)?;
+    let mut st = fe.process(xs, platform)?;
+    if st == XenbusState::Closed && fe.driver.reopen {
+        fe.driver.reopen = false;
+        fe.open();
+        st = fe.process(xs, platform)?;
+    }
     if st == XenbusState::Connected {
         let sectors = xs
             .read_string(NO_TX, &format!("{be_dir}/{}", keys::SECTORS))
