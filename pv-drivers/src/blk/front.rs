@@ -288,6 +288,9 @@ impl BlkFront {
     ///
     /// As [`Self::submit_read`]; `Unsupported` if the backend cannot flush.
     pub fn submit_flush(&mut self, platform: &mut dyn Platform) -> Result<ReqId, SubmitError> {
+        if self.broken {
+            return Err(BlockError::Disconnected.into());
+        }
         if !self.backend_features.flush {
             return Err(BlockError::Unsupported.into());
         }
@@ -324,7 +327,7 @@ impl BlkFront {
     }
 
     fn check_range(&self, sector: u64, n: u64, write: bool) -> Result<(), SubmitError> {
-        if self.conn.is_none() {
+        if self.conn.is_none() || self.broken {
             return Err(BlockError::Disconnected.into());
         }
         if n == 0 || sector.checked_add(n).is_none_or(|e| e > self.info.sectors) {

@@ -957,3 +957,144 @@ mod threaded {
         );
     }
 }
+
+/// A backend that answers whatever the test says, for blkfront's trust rules.
+#[derive(Default)]
+struct EvilBack {
+    ring: Option<abi::ring::BackRing<BlkifRequest, BlkifResponse>>,
+    /// A second mapping of the ring page, to write garbage indices.
+    raw: Option<crate::platform::MappedGrant>,
+    ring_map: Option<u32>,
+    port: Option<Port>,
+}
+
+impl crate::xenbus::BackendDriver for EvilBack {
+    fn connect(
+        &mut self,
+        xs: &mut dyn Xs,
+        platform: &mut dyn Platform,
+        frontend: DomId,
+        fe_dir: &str,
+    ) -> Result<(), abi::Errno> {
+        let gref = crate::xenbus::read_key_u32(xs, fe_dir, keys::RING_REF)?;
+        let port = crate::xenbus::read_key_u32(xs, fe_dir, keys::EVENT_CHANNEL)?;
+        let m = platform.map_grant(frontend, GrantRef(gref), false)?;
+        let raw = platform.map_grant(frontend, GrantRef(gref), false)?;
+        self.ring_map = Some(m.handle);
+        self.ring = Some(abi::ring::BackRing::attach(m.page));
+        self.raw = Some(raw);
+        self.port = Some(platform.bind_interdomain(frontend, port)?);
+        Ok(())
+    }
+    fn disconnect(&mut self, platform: &mut dyn Platform) {
+        if let (Some(r), Some(h)) = (self.ring.take(), self.ring_map.take()) {
+            let _ = platform.unmap_grant(crate::platform::MappedGrant {
+                page: r.into_page(),
+                handle: h,
+            });
+        }
+        if let Some(raw) = self.raw.take() {
+            let _ = platform.unmap_grant(raw);
+        }
+        if let Some(p) = self.port.take() {
+            let _ = platform.close_port(p);
+        }
+    }
+}
+
+#[test]
+fn frontend_survives_a_hostile_backend_and_reconnects() {
+    let mut r = Rig::new(1024);
+    let dom = DomId(1);
+    let mut p = r.m.add_domain(dom);
+    r.xsd.store().introduce_domain(dom).unwrap();
+    let conn = r.xsd.store().connect(dom);
+    create_vbd(&mut r.xsd.local(), dom, DomId::DOM0, 0).unwrap();
+    let be_dir = crate::xenbus::backend_path(DomId::DOM0, DEVICE_TYPE, dom, 0);
+    for (k, v) in [
+        (keys::SECTORS, "1024"),
+        (keys::INFO, "0"),
+        (keys::FEATURE_FLUSH_CACHE, "1"),
+    ] {
+        r.xsd
+            .local()
+            .write(NO_TX, &std::format!("{be_dir}/{k}"), v.as_bytes())
+            .unwrap();
+    }
+    let mut be = crate::xenbus::Backend::new(
+        &mut r.xsd.local(),
+        DomId::DOM0,
+        dom,
+        DEVICE_TYPE,
+        0,
+        EvilBack::default(),
+    )
+    .unwrap();
+    let mut fe = blk_frontend(
+        &mut r.xsd.store().local(conn),
+        dom,
+        0,
+        FrontConfig::default(),
+    )
+    .unwrap();
+    let settle = |r: &mut Rig,
+                      fe: &mut BlkFrontend,
+                      be: &mut crate::xenbus::Backend<EvilBack>,
+                      p: &mut HostedPlatform| {
+        for _ in 0..12 {
+            while r.xsd.store().local(conn).next_event().is_some() {}
+            front::process(fe, &mut r.xsd.store().local(conn), p).unwrap();
+            while r.xsd.local().next_event().is_some() {}
+            be.process(&mut r.xsd.local(), &mut r.p0).unwrap();
+        }
+    };
+    settle(&mut r, &mut fe, &mut be, &mut p);
+    assert!(fe.is_connected());
+    let neg = fe.driver.negotiated().unwrap();
+    assert_eq!(
+        (neg.ring_pages, neg.max_segments, neg.persistent),
+        (1, 11, false)
+    );
+    let a = fe.driver.submit_read(&mut p, 0, 8).unwrap();
+    let b = fe.driver.submit_read(&mut p, 8, 8).unwrap();
+    let ring = be.driver.ring.as_mut().unwrap();
+    let qa = ring.take_request().unwrap().unwrap();
+    let _qb = ring.take_request().unwrap().unwrap();
+    // A response for an id never issued, then a wrong operation for `a`.
+    ring.push_response(BlkifResponse {
+        id: 999,
+        ..Default::default()
+    })
+    .unwrap();
+    ring.push_response(BlkifResponse {
+        id: qa.id,
+        operation: BLKIF_OP_WRITE,
+        ..Default::default()
+    })
+    .unwrap();
+    ring.push_responses();
+    let d = fe.driver.poll(&mut p).unwrap();
+    assert_eq!((d.id, d.result), (a, Err(BlockError::Io)));
+    assert_eq!(fe.driver.bogus_responses, 1);
+    // Garbage response producer index: `b` fails, the device is broken.
+    be.driver
+        .raw
+        .as_ref()
+        .unwrap()
+        .page
+        .write_bytes(8, &0x7000_0000u32.to_le_bytes())
+        .unwrap();
+    let d = fe.driver.poll(&mut p).unwrap();
+    assert_eq!((d.id, d.result), (b, Err(BlockError::Disconnected)));
+    assert!(fe.driver.is_broken());
+    assert_eq!(
+        fe.driver.submit_read(&mut p, 0, 8),
+        Err(SubmitError::Failed(BlockError::Disconnected)),
+        "no new requests on a broken ring"
+    );
+    // The frontend closes, the backend lets go, and a fresh connection comes up.
+    settle(&mut r, &mut fe, &mut be, &mut p);
+    assert!(fe.is_connected(), "reconnected: {:?}", fe.state());
+    assert!(!fe.driver.is_broken());
+    assert_eq!(fe.driver.in_flight(), 0);
+}
