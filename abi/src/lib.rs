@@ -11,6 +11,7 @@
 //! - the fixed virtual-address layout every PV address space shares ([`layout`]),
 //! - the generic shared request/response ring every PV device protocol instantiates
 //!   ([`ring`]), and the byte-stream rings of xenstore and the console ([`stream`]),
+//! - the PV block protocol ([`blkif`]),
 //! - the xenstore wire protocol ([`xenstore`]) and the xenbus device states ([`xenbus`]).
 //!
 //! Numbers follow Xen's public headers wherever a Xen equivalent exists, so people who
@@ -21,6 +22,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod blkif;
 pub mod errno;
 pub mod event_channel;
 pub mod grant_table;

@@ -237,6 +237,10 @@ pub const fn need_notify(old: u32, new: u32, event: u32) -> bool {
     new.wrapping_sub(event) < new.wrapping_sub(old)
 }
 
+/// A byte range that does not fit in one page ([`SharedPage::read_bytes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfPage;
+
 /// No free slot: a frontend already has `SIZE` requests outstanding, or a backend has
 /// answered every request it consumed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,6 +354,74 @@ impl SharedPage {
         self.base.as_ptr()
     }
 
+    /// Copies `out.len()` bytes at `offset` of the page into `out` (a data page of a
+    /// block or network request, not a ring). Word-sized volatile reads where aligned:
+    /// the peer may write the page at any time, the copy reads each byte once.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfPage`] if the range leaves the page (nothing is copied).
+    pub fn read_bytes(&self, offset: usize, out: &mut [u8]) -> Result<(), OutOfPage> {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > PAGE_SIZE)
+        {
+            return Err(OutOfPage);
+        }
+        // SAFETY: `offset + out.len() <= PAGE_SIZE` (checked), inside the mapped page.
+        let src = unsafe { self.base.as_ptr().add(offset) };
+        let mut i = 0;
+        while i < out.len() {
+            // SAFETY: `src + i` is inside the page; aligned u64 reads stay inside it
+            // since `i + 8 <= out.len()`; volatile, since the peer may write it.
+            unsafe {
+                if (src.add(i) as usize).is_multiple_of(8) && i + 8 <= out.len() {
+                    let w = src.add(i).cast::<u64>().read_volatile();
+                    out[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+                    i += 8;
+                } else {
+                    out[i] = src.add(i).read_volatile();
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `data` to `offset` of the page (see [`Self::read_bytes`]).
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfPage`] if the range leaves the page (nothing is copied).
+    pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), OutOfPage> {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > PAGE_SIZE)
+        {
+            return Err(OutOfPage);
+        }
+        // SAFETY: as in `read_bytes`.
+        let dst = unsafe { self.base.as_ptr().add(offset) };
+        let mut i = 0;
+        while i < data.len() {
+            // SAFETY: as in `read_bytes`.
+            unsafe {
+                if (dst.add(i) as usize).is_multiple_of(8) && i + 8 <= data.len() {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&data[i..i + 8]);
+                    dst.add(i)
+                        .cast::<u64>()
+                        .write_volatile(u64::from_ne_bytes(w));
+                    i += 8;
+                } else {
+                    dst.add(i).write_volatile(data[i]);
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn word(&self, w: Word) -> &AtomicU32 {
         // SAFETY: the offset is one of the four header words, 4-aligned inside the page
         // (which is 4096-aligned and mapped for the handle's life: constructor contract).
@@ -452,10 +524,189 @@ impl fmt::Debug for SharedPage {
     }
 }
 
+/// Largest multi-page ring order (Xen's `XENBUS_MAX_RING_GRANT_ORDER`): 16 pages.
+pub const MAX_RING_ORDER: u32 = 4;
+/// Largest number of pages in one ring.
+pub const MAX_RING_PAGES: usize = 1 << MAX_RING_ORDER;
+
+/// Number of slots of `slot_size` bytes in a ring of `pages` pages (the header in the
+/// first), rounded down to a power of two: Xen's `__CONST_RING_SIZE` over
+/// `PAGE_SIZE << order`. A blkif ring has 32 slots per page, 64 on two, 512 on 16.
+pub const fn ring_size_for_pages(slot_size: usize, pages: usize) -> u32 {
+    assert!(slot_size > 0 && pages > 0);
+    let n = (pages * PAGE_SIZE - HEADER_SIZE) / slot_size;
+    assert!(n > 0);
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+const _: () = assert!(ring_size_for_pages(112, 1) == 32);
+const _: () = assert!(ring_size_for_pages(112, 2) == 64);
+const _: () = assert!(ring_size_for_pages(112, 16) == 512);
+
+/// The page count of a multi-page ring is not a power of two in `1..=MAX_RING_PAGES`
+/// (Xen's ring orders 0..=4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadRingPages;
+
+impl fmt::Display for BadRingPages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ring page count must be a power of two, 1..=16")
+    }
+}
+
+/// Pages 1.. of a multi-page ring (Xen's `ring-page-order`): the slots continue from
+/// page 0 over the following pages as if they were virtually contiguous, as in Xen
+/// (where the backend maps them contiguously). Here each page may sit anywhere, so a
+/// slot that straddles two pages is copied in two parts (still each byte exactly once,
+/// volatile): no caller ever needs a contiguous mapping of a peer's pages.
+#[derive(Debug)]
+struct ExtraPages {
+    pages: [Option<SharedPage>; MAX_RING_PAGES - 1],
+    n: usize,
+}
+
+impl ExtraPages {
+    fn none() -> ExtraPages {
+        ExtraPages {
+            pages: [const { None }; MAX_RING_PAGES - 1],
+            n: 0,
+        }
+    }
+
+    /// Splits `pages` into page 0 and the rest; checks the count.
+    fn split(
+        pages: impl IntoIterator<Item = SharedPage>,
+    ) -> Result<(SharedPage, ExtraPages), BadRingPages> {
+        let mut it = pages.into_iter();
+        let first = it.next().ok_or(BadRingPages)?;
+        let mut extra = ExtraPages::none();
+        for p in it {
+            if extra.n == MAX_RING_PAGES - 1 {
+                return Err(BadRingPages);
+            }
+            extra.pages[extra.n] = Some(p);
+            extra.n += 1;
+        }
+        if !(extra.n + 1).is_power_of_two() {
+            return Err(BadRingPages);
+        }
+        Ok((first, extra))
+    }
+
+    fn page_ptr(&self, first: &SharedPage, i: usize) -> *mut u8 {
+        if i == 0 {
+            first.as_ptr()
+        } else {
+            match self.pages.get(i - 1) {
+                Some(Some(p)) => p.as_ptr(),
+                _ => panic!("ring slot out of bounds"),
+            }
+        }
+    }
+
+    /// Byte `off` of the ring's virtual span of pages.
+    fn byte_ptr(&self, first: &SharedPage, off: usize) -> *mut u8 {
+        let p = self.page_ptr(first, off / PAGE_SIZE);
+        // SAFETY: `off % PAGE_SIZE` lies inside that page (mapped: `SharedPage::new`).
+        unsafe { p.add(off % PAGE_SIZE) }
+    }
+
+    fn slot_off<T>(&self, slot_size: usize, slot: usize) -> usize {
+        let total = (self.n + 1) * PAGE_SIZE;
+        assert!(
+            size_of::<T>() <= slot_size
+                && slot_size.is_multiple_of(align_of::<T>())
+                && align_of::<T>() <= MAX_ITEM_ALIGN
+                && HEADER_SIZE + (slot + 1) * slot_size <= total,
+            "ring slot out of bounds"
+        );
+        HEADER_SIZE + slot * slot_size
+    }
+
+    fn read_slot<T: RingItem>(&self, first: &SharedPage, slot_size: usize, slot: usize) -> T {
+        if self.n == 0 {
+            return first.read_slot(slot_size, slot);
+        }
+        let off = self.slot_off::<T>(slot_size, slot);
+        if off % PAGE_SIZE + size_of::<T>() <= PAGE_SIZE {
+            // SAFETY: inside one mapped page, aligned (page 4096-aligned, `off` a
+            // multiple of the slot size, itself a multiple of `align_of::<T>()`); any bit
+            // pattern is a `T` (`RingItem`); one volatile read.
+            return unsafe { self.byte_ptr(first, off).cast::<T>().read_volatile() };
+        }
+        let mut v = core::mem::MaybeUninit::<T>::uninit();
+        let dst = v.as_mut_ptr().cast::<u8>();
+        for i in 0..size_of::<T>() {
+            // SAFETY: `off + i` is inside the ring's pages (`slot_off`), `dst + i` inside
+            // `v`; volatile byte reads of memory the peer may write.
+            unsafe {
+                dst.add(i)
+                    .write(self.byte_ptr(first, off + i).read_volatile())
+            };
+        }
+        // SAFETY: every byte was written; any bit pattern is a valid `T` (`RingItem`).
+        unsafe { v.assume_init() }
+    }
+
+    fn write_slot<T: RingItem>(&self, first: &SharedPage, slot_size: usize, slot: usize, value: T) {
+        if self.n == 0 {
+            return first.write_slot(slot_size, slot, value);
+        }
+        let off = self.slot_off::<T>(slot_size, slot);
+        if off % PAGE_SIZE + size_of::<T>() <= PAGE_SIZE {
+            // SAFETY: as in `read_slot`; `T` has no padding (`RingItem`).
+            return unsafe { self.byte_ptr(first, off).cast::<T>().write_volatile(value) };
+        }
+        let src = (&raw const value).cast::<u8>();
+        for i in 0..size_of::<T>() {
+            // SAFETY: as in `read_slot`; `T` has no padding, so every byte of `value` is
+            // initialised.
+            unsafe {
+                self.byte_ptr(first, off + i)
+                    .write_volatile(src.add(i).read())
+            };
+        }
+    }
+
+    /// Zeroes pages 1.. (page 0: `init_header`).
+    fn zero(&self) {
+        for p in self.pages.iter().flatten() {
+            for i in 0..PAGE_SIZE / 8 {
+                // SAFETY: inside the mapped, 4096-aligned page; volatile, 8-aligned.
+                unsafe { p.as_ptr().cast::<u64>().add(i).write_volatile(0) };
+            }
+        }
+    }
+
+    fn into_vec_like(self, first: SharedPage) -> RingPages {
+        let mut pages: [Option<SharedPage>; MAX_RING_PAGES] = [const { None }; MAX_RING_PAGES];
+        pages[0] = Some(first);
+        for (i, p) in self.pages.into_iter().enumerate() {
+            pages[i + 1] = p;
+        }
+        RingPages(pages)
+    }
+}
+
+/// The page handles of a ring given back by `into_pages` (page 0 first).
+#[derive(Debug)]
+pub struct RingPages(pub [Option<SharedPage>; MAX_RING_PAGES]);
+
+impl IntoIterator for RingPages {
+    type Item = SharedPage;
+    type IntoIter = core::iter::Flatten<core::array::IntoIter<Option<SharedPage>, MAX_RING_PAGES>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten()
+    }
+}
+
 /// The frontend's end: produces requests, consumes responses (Xen's `front_ring`).
 #[derive(Debug)]
 pub struct FrontRing<Req, Rsp> {
     page: SharedPage,
+    /// Pages 1.. of a multi-page ring (empty for one page).
+    extra: ExtraPages,
+    /// Number of slots.
+    size: u32,
     /// Requests produced (published or not).
     req_prod_pvt: u32,
     /// Requests published (our own copy: we never read back `req_prod` from the page).
@@ -483,6 +734,8 @@ impl<Req: RingItem, Rsp: RingItem> FrontRing<Req, Rsp> {
         page.init_header(start);
         FrontRing {
             page,
+            extra: ExtraPages::none(),
+            size: Self::SIZE,
             req_prod_pvt: start,
             req_prod_published: start,
             rsp_cons: start,
@@ -490,9 +743,41 @@ impl<Req: RingItem, Rsp: RingItem> FrontRing<Req, Rsp> {
         }
     }
 
-    /// Number of slots (same as [`Self::SIZE`]).
+    /// Initialises a ring spanning `pages` (1, 2, 4, 8 or 16 pages; the header in the
+    /// first), as [`Self::init_at`]. The backend attaches with
+    /// [`BackRing::attach_pages`] on the same pages in the same order.
+    ///
+    /// # Errors
+    ///
+    /// [`BadRingPages`] for a page count that is not an allowed ring size.
+    pub fn init_pages(
+        pages: impl IntoIterator<Item = SharedPage>,
+        start: u32,
+    ) -> Result<Self, BadRingPages> {
+        let (page, extra) = ExtraPages::split(pages)?;
+        let _ = RingLayout::<Req, Rsp>::SIZE;
+        page.init_header(start);
+        extra.zero();
+        let size = ring_size_for_pages(Self::SLOT_SIZE, extra.n + 1);
+        Ok(FrontRing {
+            page,
+            extra,
+            size,
+            req_prod_pvt: start,
+            req_prod_published: start,
+            rsp_cons: start,
+            _items: PhantomData,
+        })
+    }
+
+    /// Gives every page handle back (page 0 first).
+    pub fn into_pages(self) -> RingPages {
+        self.extra.into_vec_like(self.page)
+    }
+
+    /// Number of slots ([`Self::SIZE`] for a one-page ring).
     pub fn size(&self) -> u32 {
-        Self::SIZE
+        self.size
     }
 
     /// The private request producer index (requests pushed, published or not).
@@ -512,7 +797,7 @@ impl<Req: RingItem, Rsp: RingItem> FrontRing<Req, Rsp> {
 
     /// Slots free for new requests (Xen's `RING_FREE_REQUESTS`).
     pub fn free_requests(&self) -> u32 {
-        Self::SIZE - self.outstanding_requests()
+        self.size - self.outstanding_requests()
     }
 
     /// Whether no slot is free (Xen's `RING_FULL`).
@@ -526,8 +811,9 @@ impl<Req: RingItem, Rsp: RingItem> FrontRing<Req, Rsp> {
         if self.is_full() {
             return Err(RingFull);
         }
-        let slot = (self.req_prod_pvt & (Self::SIZE - 1)) as usize;
-        self.page.write_slot(Self::SLOT_SIZE, slot, req);
+        let slot = (self.req_prod_pvt & (self.size - 1)) as usize;
+        self.extra
+            .write_slot(&self.page, Self::SLOT_SIZE, slot, req);
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
         Ok(())
     }
@@ -586,8 +872,8 @@ impl<Req: RingItem, Rsp: RingItem> FrontRing<Req, Rsp> {
         if self.unconsumed_responses()? == 0 {
             return Ok(None);
         }
-        let slot = (self.rsp_cons & (Self::SIZE - 1)) as usize;
-        let rsp = self.page.read_slot(Self::SLOT_SIZE, slot);
+        let slot = (self.rsp_cons & (self.size - 1)) as usize;
+        let rsp = self.extra.read_slot(&self.page, Self::SLOT_SIZE, slot);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(rsp))
     }
@@ -624,6 +910,10 @@ impl<Req: RingItem, Rsp: RingItem> FrontRing<Req, Rsp> {
 #[derive(Debug)]
 pub struct BackRing<Req, Rsp> {
     page: SharedPage,
+    /// Pages 1.. of a multi-page ring (empty for one page).
+    extra: ExtraPages,
+    /// Number of slots.
+    size: u32,
     /// Requests consumed.
     req_cons: u32,
     /// Responses produced (published or not).
@@ -649,6 +939,8 @@ impl<Req: RingItem, Rsp: RingItem> BackRing<Req, Rsp> {
     pub fn attach_at(page: SharedPage, start: u32) -> Self {
         BackRing {
             page,
+            extra: ExtraPages::none(),
+            size: Self::SIZE,
             req_cons: start,
             rsp_prod_pvt: start,
             rsp_prod_published: start,
@@ -656,9 +948,38 @@ impl<Req: RingItem, Rsp: RingItem> BackRing<Req, Rsp> {
         }
     }
 
-    /// Number of slots (same as [`Self::SIZE`]).
+    /// Attaches to a multi-page ring the frontend initialised with
+    /// [`FrontRing::init_pages`] (same pages, same order, same `start`).
+    ///
+    /// # Errors
+    ///
+    /// [`BadRingPages`] for a page count that is not an allowed ring size.
+    pub fn attach_pages(
+        pages: impl IntoIterator<Item = SharedPage>,
+        start: u32,
+    ) -> Result<Self, BadRingPages> {
+        let (page, extra) = ExtraPages::split(pages)?;
+        let _ = RingLayout::<Req, Rsp>::SIZE;
+        let size = ring_size_for_pages(Self::SLOT_SIZE, extra.n + 1);
+        Ok(BackRing {
+            page,
+            extra,
+            size,
+            req_cons: start,
+            rsp_prod_pvt: start,
+            rsp_prod_published: start,
+            _items: PhantomData,
+        })
+    }
+
+    /// Gives every page handle back (page 0 first).
+    pub fn into_pages(self) -> RingPages {
+        self.extra.into_vec_like(self.page)
+    }
+
+    /// Number of slots ([`Self::SIZE`] for a one-page ring).
     pub fn size(&self) -> u32 {
-        Self::SIZE
+        self.size
     }
 
     /// The private request consumer index.
@@ -680,7 +1001,7 @@ impl<Req: RingItem, Rsp: RingItem> BackRing<Req, Rsp> {
     /// that taking another could only mean the frontend overran the ring.
     /// [`Self::take_request`] enforces this itself; the accessor is for diagnostics.
     pub fn request_cons_overflow(&self) -> bool {
-        self.requests_in_flight() >= Self::SIZE
+        self.requests_in_flight() >= self.size
     }
 
     /// Requests published by the frontend and not yet taken.
@@ -693,14 +1014,14 @@ impl<Req: RingItem, Rsp: RingItem> BackRing<Req, Rsp> {
     pub fn unconsumed_requests(&self) -> Result<u32, RingError> {
         let prod = self.page.load(Word::ReqProd, Ordering::Acquire);
         let unconsumed = prod.wrapping_sub(self.req_cons);
-        if unconsumed > Self::SIZE {
+        if unconsumed > self.size {
             return Err(RingError::BadProducerIndex {
                 prod,
                 cons: self.req_cons,
-                limit: Self::SIZE,
+                limit: self.size,
             });
         }
-        if prod.wrapping_sub(self.rsp_prod_pvt) > Self::SIZE {
+        if prod.wrapping_sub(self.rsp_prod_pvt) > self.size {
             return Err(RingError::RequestOverflow {
                 req_prod: prod,
                 rsp_prod_pvt: self.rsp_prod_pvt,
@@ -718,8 +1039,8 @@ impl<Req: RingItem, Rsp: RingItem> BackRing<Req, Rsp> {
         if self.unconsumed_requests()? == 0 {
             return Ok(None);
         }
-        let slot = (self.req_cons & (Self::SIZE - 1)) as usize;
-        let req = self.page.read_slot(Self::SLOT_SIZE, slot);
+        let slot = (self.req_cons & (self.size - 1)) as usize;
+        let req = self.extra.read_slot(&self.page, Self::SLOT_SIZE, slot);
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(Some(req))
     }
@@ -735,8 +1056,9 @@ impl<Req: RingItem, Rsp: RingItem> BackRing<Req, Rsp> {
         if self.requests_in_flight() == 0 {
             return Err(RingFull);
         }
-        let slot = (self.rsp_prod_pvt & (Self::SIZE - 1)) as usize;
-        self.page.write_slot(Self::SLOT_SIZE, slot, rsp);
+        let slot = (self.rsp_prod_pvt & (self.size - 1)) as usize;
+        self.extra
+            .write_slot(&self.page, Self::SLOT_SIZE, slot, rsp);
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         Ok(())
     }

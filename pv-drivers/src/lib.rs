@@ -9,6 +9,7 @@
 //!   ([`xenstore::client`]) and the [`xenstore::Xs`] operations both offer;
 //! - [`xenbus`]: the reusable frontend/backend handshake over xenstore;
 //! - [`console`]: the PV console, the first device on that handshake;
+//! - [`blk`]: the PV block device (blkfront, blkback, the block stores it serves from);
 //! - [`blockdev`]: the block-device contract blkfront implements, the request queue
 //!   above it and the integrity pattern; [`fat`]: a FAT32 filesystem over it;
 //! - `hosted` (tests and the `hosted` feature): all of the above running on the host,
@@ -18,6 +19,7 @@
 
 extern crate alloc;
 
+pub mod blk;
 pub mod blockdev;
 pub mod console;
 pub mod fat;

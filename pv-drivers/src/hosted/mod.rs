@@ -34,8 +34,8 @@ use page::HostPage;
 
 /// Ports per domain (Xen's 2-level ABI has 4096 on 64-bit; a smaller table is enough).
 pub const MAX_PORTS: Port = 1024;
-/// Grant entries per domain.
-pub const MAX_GRANTS: usize = 256;
+/// Grant entries per domain (one v1 grant-table frame, as the guest kernel has).
+pub const MAX_GRANTS: usize = 512;
 
 #[derive(Debug)]
 struct Grant {
@@ -167,6 +167,19 @@ impl Machine {
                 g.mapped -= 1;
             }
         }
+    }
+
+    /// How many grants of other domains `domid` has mapped (tests: a backend that let
+    /// go of everything holds none).
+    pub fn maps_held(&self, domid: DomId) -> usize {
+        self.lock().doms.get(&domid.0).map_or(0, |d| d.maps.len())
+    }
+
+    /// Which domains' grants `domid` has mapped (one entry per mapping).
+    pub fn maps_held_of(&self, domid: DomId, granter: DomId) -> usize {
+        self.lock().doms.get(&domid.0).map_or(0, |d| {
+            d.maps.values().filter(|(g, _)| *g == granter).count()
+        })
     }
 
     /// How many live mappings of `domid`'s grant `gref` exist (tests).
