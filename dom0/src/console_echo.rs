@@ -55,7 +55,13 @@ pub fn run(lines: u64) -> ! {
         }
     }
     println!("dom0: {got} lines, {bytes} bytes, {wakeups} VIRQ_CONSOLE wake-ups");
-    c.check("at least one wake-up by VIRQ_CONSOLE", wakeups > 0);
+    // Input typed before dom0 first looks is read without waiting; VIRQ_CONSOLE was
+    // raised for it all the same (its port fired or is pending), which is what this
+    // checks.
+    c.check(
+        "VIRQ_CONSOLE announced the input",
+        wakeups > 0 || events::has_fired(port) || events::is_pending(port),
+    );
     c.check_eq(
         "a domU-style read of nothing returns 0",
         Ok(0),
