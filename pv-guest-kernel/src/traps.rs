@@ -380,6 +380,30 @@ pub fn upcall_entry() -> u64 {
     stubs::upcall_entry()
 }
 
+/// The entry half shared by the PV and the native exception stubs (assembly text): saves
+/// every general register and a zero `cr2` slot, which makes the [`ExceptionFrame`] on the
+/// stack, and prepares the call to Rust: `rdi` = the frame, `rbx` = the frame (callee-saved,
+/// to find it again), `rsp` 16-aligned, DF clear (SysV).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! exception_frame_save {
+    () => {
+        "push rax\npush rbx\npush rcx\npush rdx\npush rsi\npush rdi\npush rbp\npush r8\npush r9\n\
+         push r10\npush r11\npush r12\npush r13\npush r14\npush r15\npush 0\n\
+         mov rdi, rsp\nmov rbx, rsp\nand rsp, -16\ncld"
+    };
+}
+
+/// The matching restore of the general registers (the `cr2` slot already skipped).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! exception_frame_restore {
+    () => {
+        "pop r15\npop r14\npop r13\npop r12\npop r11\npop r10\npop r9\npop r8\npop rbp\n\
+         pop rdi\npop rsi\npop rdx\npop rcx\npop rbx\npop rax"
+    };
+}
+
 #[cfg(target_os = "none")]
 mod stubs {
     //! The entry stubs (see the module docs of [`super`]).
@@ -426,44 +450,15 @@ mod stubs {
         // Stack on entry: vector, error code, rip, cs, rflags, rsp, ss.
         .type __pv_trap_common, @function
         __pv_trap_common:
-            push rax
-            push rbx
-            push rcx
-            push rdx
-            push rsi
-            push rdi
-            push rbp
-            push r8
-            push r9
-            push r10
-            push r11
-            push r12
-            push r13
-            push r14
-            push r15
-            push 0                  // cr2 slot (filled in by Rust for #PF)
-            mov rdi, rsp            // &mut ExceptionFrame
-            mov rbx, rsp            // callee-saved: the frame, across the call
-            and rsp, -16            // SysV: 16-aligned at the call
-            cld                     // SysV: DF clear on function entry
+"#,
+        exception_frame_save!(),
+        r#"
             call {entry}
             mov rsp, rbx
             add rsp, 8              // cr2
-            pop r15
-            pop r14
-            pop r13
-            pop r12
-            pop r11
-            pop r10
-            pop r9
-            pop r8
-            pop rbp
-            pop rdi
-            pop rsi
-            pop rdx
-            pop rcx
-            pop rbx
-            pop rax
+"#,
+        exception_frame_restore!(),
+        r#"
             add rsp, 16             // vector, error code: now at rip
             // iret frame: rax, r11, rcx, flags, then rip..ss as they are.
             push 0

@@ -227,26 +227,9 @@ mod idt {
         .endr
 
         __native_trap_common:
-            push rax
-            push rbx
-            push rcx
-            push rdx
-            push rsi
-            push rdi
-            push rbp
-            push r8
-            push r9
-            push r10
-            push r11
-            push r12
-            push r13
-            push r14
-            push r15
-            push 0
-            mov rdi, rsp
-            mov rbx, rsp
-            and rsp, -16
-            cld
+"#,
+        crate::exception_frame_save!(),
+        r#"
             call {entry}
             mov rsp, rbx
             // Return without iretq (see `idt`'s docs): put rax, rflags and rip just below
@@ -261,21 +244,9 @@ mod idt {
             sub rsi, 24
             mov [rsp], rsi
             add rsp, 8
-            pop r15
-            pop r14
-            pop r13
-            pop r12
-            pop r11
-            pop r10
-            pop r9
-            pop r8
-            pop rbp
-            pop rdi
-            pop rsi
-            pop rdx
-            pop rcx
-            pop rbx
-            pop rax
+"#,
+        crate::exception_frame_restore!(),
+        r#"
             add rsp, 16             // vector, error code
             mov rsp, [rsp - 144]    // the interrupted stack, at [rax, rflags, rip]
             // IF is not restored by popfq in ring 3 (under the hypervisor): sti first if
