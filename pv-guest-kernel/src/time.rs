@@ -344,6 +344,16 @@ pub fn wait_timeout(mut cond: impl FnMut() -> bool, ns: u64) -> Result<bool, Err
         met = cond();
         met || t.poll()
     })?;
+    if !met {
+        // `cond` runs with upcalls masked: on a slow (or stalled) host the deadline can
+        // pass before an event that is already pending has been handled. Let pending
+        // upcalls in once and look again, so such an event still counts.
+        let was = events::irq_save();
+        events::irq_enable();
+        events::irq_disable();
+        met = cond();
+        events::irq_restore(was);
+    }
     Ok(met)
 }
 
