@@ -12,10 +12,11 @@
 //!   checksum of what was read back, which the host compares with
 //!   `tests::disk::pattern_fnv`.
 //!
-//! The disk (`disk=`): `ram` (the default, and for now the only one) is a sparse RAM
-//! disk of `ram_mib` MiB; for `fs` it is formatted first with `format_fat32` (the crate
-//! has no formatter), as a real disk is with `format=1`. Wiring blkfront means adding
-//! its device to [`open_disk`]; nothing else changes.
+//! The disk (`disk=`): `ram` (the default) is a sparse RAM disk of `ram_mib` MiB; for
+//! `fs` it is formatted first with `format_fat32`, as a real disk is with `format=1`.
+//! `blk` is the domain's PV disk `vbd/0` (blkfront; dom0 serves a region of the real
+//! disk with `xenstored=1 vbd=...`): the program connects to xenstore, runs the
+//! handshake and then does its I/O through the blkif ring.
 //!
 //! Common options: `req_kib=` (44: blkif's 11 segments of 4 KiB) the largest request
 //! the queue sends; `chunk_kib=` (64) the integrity workload's I/O size.
@@ -29,8 +30,12 @@ use pv_drivers::blockdev::integrity::{self, Fnv};
 use pv_drivers::blockdev::queue::RequestQueue;
 use pv_drivers::blockdev::{BlockDevice, MemDisk};
 use pv_drivers::fat::{self, FatFs};
+use pv_guest_kernel::abi::xenbus::XenbusState;
+use pv_guest_kernel::drivers::PvPlatform;
+use pv_guest_kernel::pv_drivers::blk::front::{self, blk_frontend, BlkFrontend, FrontConfig};
+use pv_guest_kernel::pv_drivers::xenstore::{Xs, XsError};
 use pv_guest_kernel::xtf::{self, Checker};
-use pv_guest_kernel::{heap, println, time};
+use pv_guest_kernel::{events, heap, println, time};
 
 use super::Env;
 
@@ -46,9 +51,82 @@ fn open_disk(env: &Env, default_ram_mib: u64) -> Result<(Disk, bool), String> {
             println!("disk: RAM disk, {mib} MiB (sparse)");
             Ok((Box::new(MemDisk::new(mib << 11, 512)), true))
         }
-        // blkfront's device goes here: `"blk" => Ok((Box::new(dev), false))`.
-        other => Err(format!("disk={other}: no such disk in this kernel (ram)")),
+        "blk" => open_blk(env).map(|d| (d, false)),
+        other => Err(format!(
+            "disk={other}: no such disk in this kernel (ram, blk)"
+        )),
     }
+}
+
+/// How long to keep asking for the `vbd` device (dom0 creates it when it introduces
+/// us, before answering our first request, so this is a safety net).
+const DEVICE_TRIES: u32 = 200;
+
+/// `disk=blk`: connects blkfront to `vbd/0`. The device outlives the program's stack
+/// frames (the workloads own it as a boxed `BlockDevice`), so the platform, the
+/// frontend and the wait closure it borrows live for the rest of the boot (leaked: the
+/// program never returns).
+pub(super) fn open_blk(env: &Env) -> Result<Disk, String> {
+    let conn = super::xsconn::connect(env, "blk");
+    let sp = conn.port;
+    let p: &'static mut PvPlatform = Box::leak(Box::new(conn.platform));
+    let client = Box::leak(Box::new(conn.client));
+    let mut notify = move || {
+        let _ = events::send(sp);
+    };
+    let mut wait_store = move || {
+        let _ = events::wait_any(&[sp]);
+    };
+    let mut xs = client.blocking(&mut notify, &mut wait_store);
+    let me = env.si.domid;
+    let mut fe = None;
+    for _ in 0..DEVICE_TRIES {
+        match blk_frontend(&mut xs, me, 0, FrontConfig::default()) {
+            Ok(f) => {
+                fe = Some(f);
+                break;
+            }
+            Err(XsError::ENOENT) => {
+                let _ = time::sleep_ms(10);
+            }
+            Err(e) => return Err(format!("blk frontend: {e:?}")),
+        }
+    }
+    let fe: &'static mut BlkFrontend = match fe {
+        Some(f) => Box::leak(Box::new(f)),
+        None => return Err("no vbd/0 device (is dom0 running with vbd=?)".into()),
+    };
+    loop {
+        let st = front::process(fe, &mut xs, p).map_err(|e| format!("blk handshake: {e:?}"))?;
+        if fe.is_connected() {
+            break;
+        }
+        if st == XenbusState::Closed && fe.driver.is_broken() {
+            return Err("blk handshake: device closed".into());
+        }
+        // Events already read need no wake-up; anything arriving after this poll
+        // leaves the port's fired bit set, so the wait cannot miss it.
+        if xs.next_event().is_some() {
+            while xs.next_event().is_some() {}
+            continue;
+        }
+        events::wait_any(&[sp]).map_err(|e| format!("wait for the store: {e}"))?;
+    }
+    let info = fe.driver.info();
+    println!(
+        "blk: vbd/0 connected: {} sectors ({} MiB){}, {:?}",
+        info.sectors,
+        info.sectors / 2048,
+        if info.readonly { ", read-only" } else { "" },
+        fe.driver.negotiated()
+    );
+    let Some(port) = fe.driver.port() else {
+        return Err("blk: connected without an event channel".into());
+    };
+    let wait: &'static mut dyn FnMut() = Box::leak(Box::new(move || {
+        let _ = events::wait_any(&[port]);
+    }));
+    Ok(Box::new(fe.driver.device(p, wait)))
 }
 
 /// The request queue every workload goes through.

@@ -23,6 +23,7 @@ mod ptwr_bad;
 mod tasks;
 mod traps;
 mod workload;
+mod xsconn;
 
 use pv_guest_kernel::abi::start_info::StartInfo;
 use pv_guest_kernel::cmdline::Cmdline;
