@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tests::disk::pattern_fnv;
+use tests::disk::{parse_integrity, pattern_fnv, verify_image};
 use tests::{Scenario, TestResult};
 
 const MIB: u64 = 1 << 20;
@@ -121,4 +121,132 @@ fn fat32_made_by_mkfs_is_used_by_the_guest_and_clean_for_fsck() {
     for p in [region, image, part, out] {
         let _ = fs::remove_file(p);
     }
+}
+
+/// A zeroed image of `mib` MiB.
+fn zero_image(name: &str, mib: u64) -> PathBuf {
+    let path = tmp(name);
+    let f = fs::File::create(&path).expect("create image");
+    f.set_len(mib * MIB).expect("size image");
+    path
+}
+
+/// Every byte of `image` in `off..off+len` is zero.
+fn zero_at(image: &Path, off: u64, len: u64) -> bool {
+    let d = fs::read(image).expect("read image");
+    d[off as usize..(off + len) as usize]
+        .iter()
+        .all(|&b| b == 0)
+}
+
+#[test]
+fn integrity_pattern_over_24_mib_reaches_the_image_and_a_second_boot_reads_it() {
+    // One domU, `vbd=split`: the whole (MiB-rounded) disk is its region.
+    let image = zero_image("integrity", 32);
+    let o = Scenario::new("blkpv-integrity")
+        .dom0("xenstored=1 vbd=split")
+        .guest("test=integrity disk=blk seed=21 mib=24 sector=2048")
+        .disk(&image)
+        .run();
+    o.assert_hv_success()
+        .assert_all_domains_ended()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_contains("[d0] blkback: d1: vbd/0 = sectors 0..65536 (32 MiB)")
+        .assert_contains("[d1] integrity: wrote and flushed 24 MiB at sector 2048")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+    let line = parse_integrity(&o.serial).expect("an integrity: result line");
+    assert_eq!((line.seed, line.mib, line.sector), (21, 24, 2048));
+    assert_eq!(
+        line.fnv,
+        pattern_fnv(21, 24 * MIB),
+        "guest and host checksums"
+    );
+    assert_eq!(
+        verify_image(&image, 2048, 24 * MIB, 21),
+        Ok(line.fnv),
+        "the image holds the pattern"
+    );
+    assert!(
+        zero_at(&image, 0, MIB) && zero_at(&image, 25 * MIB, 7 * MIB),
+        "nothing else written"
+    );
+
+    // Second boot: only read and verify what the first left.
+    let o = Scenario::new("blkpv-integrity-verify")
+        .dom0("xenstored=1 vbd=split")
+        .guest("test=integrity disk=blk seed=21 mib=24 sector=2048 verify_only=1")
+        .disk(&image)
+        .run();
+    o.assert_hv_success()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_result("[d1] ", TestResult::Success)
+        .expect(!o.serial.contains("wrote and flushed"), "verify only")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+    let line = parse_integrity(&o.serial).expect("an integrity: result line");
+    assert_eq!(line.fnv, pattern_fnv(21, 24 * MIB));
+    let _ = fs::remove_file(image);
+}
+
+#[test]
+fn a_power_cut_after_the_flush_keeps_the_pattern() {
+    let image = zero_image("powercut", 16);
+    let o = Scenario::new("blkpv-powercut")
+        .dom0("xenstored=1 vbd=split")
+        .guest("test=integrity disk=blk seed=33 mib=8 sector=0")
+        .disk(&image)
+        .kill_after("[d1] integrity: wrote and flushed")
+        .run();
+    assert!(o.killed, "QEMU was killed after the flush\n{}", o.report());
+    assert_eq!(
+        verify_image(&image, 0, 8 * MIB, 33),
+        Ok(pattern_fnv(33, 8 * MIB)),
+        "what the guest was told is durable is on the host file"
+    );
+    let _ = fs::remove_file(image);
+}
+
+#[test]
+fn two_guests_each_on_their_own_region() {
+    // 64 MiB, `vbd=split`: d1 gets 0..32 MiB, d2 32..64 MiB; each writes its own
+    // pattern at its own sector 0 / 2048 and sees a 32 MiB disk.
+    let image = zero_image("two", 64);
+    let o = Scenario::new("blkpv-two-guests")
+        .dom0("xenstored=1 vbd=split")
+        .guest("test=integrity disk=blk seed=41 mib=6 sector=0")
+        .guest("test=integrity disk=blk seed=42 mib=6 sector=2048")
+        .disk(&image)
+        .run();
+    o.assert_hv_success()
+        .assert_all_domains_ended()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_result("[d2] ", TestResult::Success)
+        .assert_contains("[d0] blkback: d1: vbd/0 = sectors 0..65536 (32 MiB)")
+        .assert_contains("[d0] blkback: d2: vbd/0 = sectors 65536..131072 (32 MiB)")
+        .assert_contains("[d1] blk: vbd/0 connected: 65536 sectors (32 MiB)")
+        .assert_contains("[d2] blk: vbd/0 connected: 65536 sectors (32 MiB)")
+        .assert_contains("[d0] ok: every foreign mapping released")
+        .assert_contains("[hv] free frames back to the boot baseline")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+    let r2 = 32 * MIB;
+    assert_eq!(
+        verify_image(&image, 0, 6 * MIB, 41),
+        Ok(pattern_fnv(41, 6 * MIB))
+    );
+    assert_eq!(
+        verify_image(&image, r2 / 512 + 2048, 6 * MIB, 42),
+        Ok(pattern_fnv(42, 6 * MIB)),
+        "d2's sector 2048 is the drive's sector 65536 + 2048"
+    );
+    assert!(
+        zero_at(&image, 6 * MIB, 26 * MIB),
+        "the rest of d1's region untouched"
+    );
+    assert!(zero_at(&image, r2, MIB), "d2's first MiB untouched");
+    assert!(
+        zero_at(&image, r2 + 7 * MIB, 25 * MIB),
+        "the rest of d2's region untouched"
+    );
+    let _ = fs::remove_file(image);
 }
