@@ -365,3 +365,98 @@ pub fn integrity(env: &Env) -> ! {
     );
     c.finish()
 }
+
+/// MB/s *100 (MB = 10^6 bytes) and operations per second for `bytes` in `ops` over `ns`.
+fn rates(bytes: u64, ops: u64, ns: u64) -> (u64, u64) {
+    let ns = u128::from(ns.max(1));
+    (
+        (u128::from(bytes) * 100_000 / ns) as u64,
+        (u128::from(ops) * 1_000_000_000 / ns) as u64,
+    )
+}
+
+/// `test=blkbench`: the guest-side twin of dom0's `blkbench=1`, through the
+/// `BlockDevice` (no request queue): sequential writes then reads of `mib` MiB (16) in
+/// calls of 64 KiB (one request in flight) and of 1 MiB (split into the largest
+/// requests the device takes, all in flight), then `ops` (2000) random 4 KiB reads, one
+/// at a time. Figures, not a pass/fail test (the data read back is not checked here:
+/// `test=integrity` does that).
+pub fn blkbench(env: &Env) -> ! {
+    let mib = env.cmdline.u64_or("mib", 16).max(1);
+    let ops = env.cmdline.u64_or("ops", 2000).max(1);
+    ensure_heap(4096);
+    let mut c = Checker::new();
+    let (mut disk, _) = match open_disk(env, mib + 1) {
+        Ok(d) => d,
+        Err(e) => xtf::error(e),
+    };
+    let cap = disk.sectors();
+    let kind = env.cmdline.get("disk").unwrap_or("ram");
+    let mut buf = alloc::vec![0u8; 1 << 20];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(13);
+    }
+    for (name, write) in [("write", true), ("read", false)] {
+        for call in [64usize << 10, 1 << 20] {
+            let sectors = (call / 512) as u64;
+            let count = (mib << 20) / call as u64;
+            if cap < sectors * 2 {
+                c.fail("disk large enough", format_args!("{cap} sectors"));
+                break;
+            }
+            let t0 = time::now_ns();
+            let mut ok = true;
+            for i in 0..count {
+                let s = (i * sectors) % (cap - sectors);
+                let r = if write {
+                    disk.write(s, &buf[..call])
+                } else {
+                    disk.read(s, &mut buf[..call])
+                };
+                if let Err(e) = r {
+                    c.fail(
+                        format_args!("seq {name} at sector {s}"),
+                        format_args!("{e:?}"),
+                    );
+                    ok = false;
+                    break;
+                }
+            }
+            if write && ok {
+                c.check_eq("flush", Ok(()), disk.flush());
+            }
+            let ns = time::now_ns() - t0;
+            let (mb, _) = rates(count * call as u64, count, ns);
+            println!(
+                "blkbench: {kind} seq {name} {}KiB per call: {}.{:02} MB/s ({count} calls, {} ms)",
+                call >> 10,
+                mb / 100,
+                mb % 100,
+                ns / 1_000_000
+            );
+        }
+    }
+    let blocks = cap / 8;
+    let mut x: u64 = 0x1234_5678;
+    let t0 = time::now_ns();
+    for _ in 0..ops {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let s = (x % blocks) * 8;
+        if let Err(e) = disk.read(s, &mut buf[..4096]) {
+            c.fail(
+                format_args!("random read at sector {s}"),
+                format_args!("{e:?}"),
+            );
+            break;
+        }
+    }
+    let ns = time::now_ns() - t0;
+    let (_, iops) = rates(ops * 4096, ops, ns);
+    println!(
+        "blkbench: {kind} rand read 4KiB qd1: {iops} IOPS ({ops} requests, {} ms)",
+        ns / 1_000_000
+    );
+    c.finish()
+}

@@ -201,6 +201,11 @@ pub static PROGRAMS: &[Program] = &[
         run: fs::integrity,
     },
     Program {
+        name: "blkbench",
+        about: "disk=blk mib=N ops=N: sequential 64 KiB / 1 MiB MB/s and random 4 KiB read IOPS (figures)",
+        run: fs::blkbench,
+    },
+    Program {
         name: "heap",
         about: "alloc through the kernel heap: Box, Vec, BTreeMap, accounting, reuse; oom=1 panics",
         run: heap::run,
