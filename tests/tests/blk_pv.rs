@@ -269,3 +269,37 @@ fn guest_blkbench_runs_over_blkfront() {
         .assert_line_starting("[d1] blkbench: blk rand read 4KiB qd1: ");
     let _ = fs::remove_file(image);
 }
+
+#[test]
+fn a_guest_that_crashes_mid_io_leaves_dom0_serving_the_other() {
+    let image = zero_image("crash", 64);
+    let o = Scenario::new("blkpv-crash")
+        .dom0("xenstored=1 vbd=split")
+        .guest("test=blkcrash disk=blk writes=16")
+        .guest("test=integrity disk=blk seed=51 mib=8 sector=0")
+        .disk(&image)
+        .run();
+    o.assert_all_domains_ended()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_result("[d2] ", TestResult::Success)
+        .assert_line_starting("[d1] blkcrash: 16 writes of ")
+        .assert_line_starting("[d0] blkback: d1: device removed (")
+        .assert_contains("[d0] xenstored: released d1 (ended)")
+        .assert_contains("[d0] ok: every foreign mapping released")
+        .assert_contains("[hv] free frames back to the boot baseline")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+    let removed = o
+        .lines()
+        .find(|l| l.starts_with("[d0] blkback: d1: device removed ("))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        removed.ends_with(", 0 left)"),
+        "every orphan completed: {removed}"
+    );
+    assert_eq!(
+        verify_image(&image, 65536, 8 * MIB, 51),
+        Ok(pattern_fnv(51, 8 * MIB))
+    );
+    let _ = fs::remove_file(image);
+}

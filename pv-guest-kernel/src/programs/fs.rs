@@ -67,6 +67,18 @@ const DEVICE_TRIES: u32 = 200;
 /// frontend and the wait closure it borrows live for the rest of the boot (leaked: the
 /// program never returns).
 pub(super) fn open_blk(env: &Env) -> Result<Disk, String> {
+    let (p, fe) = connect_blk(env)?;
+    let Some(port) = fe.driver.port() else {
+        return Err("blk: connected without an event channel".into());
+    };
+    let wait: &'static mut dyn FnMut() = Box::leak(Box::new(move || {
+        let _ = events::wait_any(&[port]);
+    }));
+    Ok(Box::new(fe.driver.device(p, wait)))
+}
+
+/// Connects blkfront to `vbd/0` (see [`open_blk`]).
+fn connect_blk(env: &Env) -> Result<(&'static mut PvPlatform, &'static mut BlkFrontend), String> {
     let conn = super::xsconn::connect(env, "blk");
     let sp = conn.port;
     let p: &'static mut PvPlatform = Box::leak(Box::new(conn.platform));
@@ -120,13 +132,43 @@ pub(super) fn open_blk(env: &Env) -> Result<Disk, String> {
         if info.readonly { ", read-only" } else { "" },
         fe.driver.negotiated()
     );
-    let Some(port) = fe.driver.port() else {
-        return Err("blk: connected without an event channel".into());
+    Ok((p, fe))
+}
+
+/// `test=blkcrash disk=blk writes=N`: a guest that dies mid-I/O. It queues `writes`
+/// (16) writes of 28 KiB (direct requests; 16 of them fit the bounce pool) without
+/// waiting, waits for the first
+/// completion (so the others are in dom0's hands: in the disk queue or the ring), then
+/// crashes. dom0 must unmap its pages at once, complete what the disk still holds into
+/// its own buffers, and keep serving everyone else.
+pub fn blkcrash(env: &Env) -> ! {
+    ensure_heap(4096);
+    let writes = env.cmdline.u64_or("writes", 16).max(1);
+    let (p, fe) = match connect_blk(env) {
+        Ok(x) => x,
+        Err(e) => xtf::error(e),
     };
-    let wait: &'static mut dyn FnMut() = Box::leak(Box::new(move || {
+    let Some(port) = fe.driver.port() else {
+        xtf::error("blk: connected without an event channel")
+    };
+    let sectors = fe.driver.max_request_sectors().clamp(1, 56);
+    let data = alloc::vec![0xc5u8; sectors as usize * 512];
+    let mut queued = 0;
+    for i in 0..writes {
+        match fe.driver.submit_write(p, i * sectors, &data) {
+            Ok(_) => queued += 1,
+            Err(_) => break,
+        }
+    }
+    while fe.driver.poll(p).is_none() {
         let _ = events::wait_any(&[port]);
-    }));
-    Ok(Box::new(fe.driver.device(p, wait)))
+    }
+    println!(
+        "blkcrash: {queued} writes of {} KiB queued, one completed, {} in flight: crashing",
+        sectors / 2,
+        fe.driver.in_flight()
+    );
+    pv_guest_kernel::hv::shutdown(pv_guest_kernel::abi::hypercall::ShutdownReason::Crash)
 }
 
 /// The request queue every workload goes through.

@@ -206,6 +206,11 @@ pub static PROGRAMS: &[Program] = &[
         run: fs::blkbench,
     },
     Program {
+        name: "blkcrash",
+        about: "disk=blk writes=N: queue N writes on the PV disk, crash after the first completes",
+        run: fs::blkcrash,
+    },
+    Program {
         name: "heap",
         about: "alloc through the kernel heap: Box, Vec, BTreeMap, accounting, reuse; oom=1 panics",
         run: heap::run,
