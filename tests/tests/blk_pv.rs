@@ -303,3 +303,38 @@ fn a_guest_that_crashes_mid_io_leaves_dom0_serving_the_other() {
     );
     let _ = fs::remove_file(image);
 }
+
+#[test]
+fn hostile_frontend_gets_error_responses_while_the_other_guest_works() {
+    // d1: a raw frontend on a read-only region; d2: the integrity workload.
+    let image = zero_image("hostile", 64);
+    let o = Scenario::new("blkpv-hostile")
+        .dom0("xenstored=1 vbd=1:0:32M:ro,2:32M:32M")
+        .guest("test=blkhostile")
+        .guest("test=integrity disk=blk seed=61 mib=8 sector=0")
+        .disk(&image)
+        .run();
+    o.assert_hv_success()
+        .assert_all_domains_ended()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_result("[d2] ", TestResult::Success)
+        .assert_contains("[d1] blkhostile: connected to a 65536-sector disk (read-only)")
+        .assert_contains("[d1] blkhostile: write to a read-only disk: status -1")
+        .assert_contains("[d1] blkhostile: past the end: status -1")
+        .assert_contains("[d1] blkhostile: grant never issued: status -1")
+        .assert_contains("[d1] blkhostile: unknown operation: status -2")
+        .assert_contains("[d1] blkhostile: valid read again: status 0")
+        .assert_contains("[d0] ok: every foreign mapping released")
+        .assert_contains("[hv] free frames back to the boot baseline")
+        .expect(!o.serial.contains("FAIL:"), "no failed check");
+    assert!(
+        zero_at(&image, 0, 32 * MIB),
+        "the read-only region untouched"
+    );
+    assert_eq!(
+        verify_image(&image, 65536, 8 * MIB, 61),
+        Ok(pattern_fnv(61, 8 * MIB))
+    );
+    let _ = fs::remove_file(image);
+}

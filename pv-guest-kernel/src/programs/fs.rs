@@ -179,7 +179,7 @@ fn queue(env: &Env, disk: Disk) -> RequestQueue<Disk> {
 
 /// Makes sure the heap holds `kib` KiB (it never grows: sized once, here or by
 /// `heap_kib=`).
-fn ensure_heap(kib: u64) {
+pub(super) fn ensure_heap(kib: u64) {
     if heap::stats().size == 0 {
         if let Err(e) = heap::init(kib) {
             xtf::error(format_args!("heap of {kib} KiB: {e:?}"));

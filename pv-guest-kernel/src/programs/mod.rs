@@ -7,6 +7,7 @@
 mod badptr;
 mod basic;
 mod bench;
+mod blkhostile;
 mod clock;
 mod console;
 mod crash;
@@ -209,6 +210,11 @@ pub static PROGRAMS: &[Program] = &[
         name: "blkcrash",
         about: "disk=blk writes=N: queue N writes on the PV disk, crash after the first completes",
         run: fs::blkcrash,
+    },
+    Program {
+        name: "blkhostile",
+        about: "raw vbd frontend sending requests blkback must refuse (bad grants, past the end, read-only write)",
+        run: blkhostile::run,
     },
     Program {
         name: "heap",
