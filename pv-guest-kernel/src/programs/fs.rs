@@ -11,6 +11,8 @@
 //!   boot over the same disk). Prints `integrity: seed=S mib=M sector=X fnv=HEX` with the
 //!   checksum of what was read back, which the host compares with
 //!   `tests::disk::pattern_fnv`.
+//! - `test=blkbench`: sequential and random-read figures over the disk
+//!   ([`blkbench`]); `test=blkcrash`: dies with writes in flight on the PV disk.
 //!
 //! The disk (`disk=`): `ram` (the default) is a sparse RAM disk of `ram_mib` MiB; for
 //! `fs` it is formatted first with `format_fat32`, as a real disk is with `format=1`.
