@@ -71,6 +71,18 @@ impl DmaBuf {
     }
 }
 
+impl AsRef<[u8]> for DmaBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsMut<[u8]> for DmaBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
 impl Drop for DmaBuf {
     fn drop(&mut self) {
         let _ = virtio::free_dma_pages(self.maddr, self.pages);
@@ -131,8 +143,11 @@ pub struct Disk {
 /// Set by the event handler of the disk's port (one disk per dom0 for now).
 static IRQ_SEEN: AtomicBool = AtomicBool::new(false);
 
-fn irq_handler(_port: u32) {
+fn irq_handler(port: u32) {
     IRQ_SEEN.store(true, Ordering::SeqCst);
+    // Also recorded for `events::wait_any`, so a service loop can wait on the disk's
+    // port with the others (its next `poll` acknowledges and EOIs).
+    events::note(port);
 }
 
 impl Disk {

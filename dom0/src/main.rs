@@ -24,11 +24,14 @@ extern crate alloc;
 
 mod backend;
 pub mod blkmode;
+#[cfg(target_os = "none")]
+pub mod blkserve;
 mod console_echo;
 #[cfg(target_os = "none")]
 pub mod disk;
 pub mod dma;
 pub mod pci;
+pub mod vbd;
 #[cfg(target_os = "none")]
 pub mod virtio;
 pub mod xsd;

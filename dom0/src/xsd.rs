@@ -131,6 +131,9 @@ struct Service {
     /// Domains seen ended (domid, state, reason), in the order seen.
     ended: Vec<(u16, u8, u8)>,
     c: Checker,
+    /// blkback (with `vbd=`).
+    #[cfg(target_os = "none")]
+    blk: Option<crate::blkserve::BlkService>,
 }
 
 fn print_line(line: &[u8]) {
@@ -155,6 +158,10 @@ impl Service {
         if let Err(e) = r {
             self.c
                 .fail(format_args!("d{}: console device", info.domid), e);
+        }
+        #[cfg(target_os = "none")]
+        if let Some(b) = self.blk.as_mut() {
+            b.introduce(&mut self.xsd.local(), &mut self.p, info.domid, &mut self.c);
         }
         println!(
             "xenstored: introduced d{} (generation {}, store port {}, console device created)",
@@ -189,6 +196,10 @@ impl Service {
         self.con
             .remove(&mut self.xsd.local(), &mut self.p, d, &mut print_line);
         let _ = destroy_device(&mut self.xsd.local(), d, DomId::DOM0, DEVICE_TYPE, 0);
+        #[cfg(target_os = "none")]
+        if let Some(b) = self.blk.as_mut() {
+            b.release(&mut self.xsd.local(), &mut self.p, domid);
+        }
         self.xsd.release(&mut self.p, d);
         println!("xenstored: released d{domid} ({why})");
     }
@@ -230,23 +241,39 @@ impl Service {
         let mut v: Vec<Port> = fixed.to_vec();
         v.extend(self.xsd.ports());
         v.extend(self.con.ports());
+        #[cfg(target_os = "none")]
+        if let Some(b) = self.blk.as_ref() {
+            v.extend(b.ports());
+        }
         v
     }
 }
 
 /// Runs the service loop (never returns).
 pub fn run(si: &'static StartInfo, cmdline: &Cmdline<'_>) -> ! {
-    let p = match PvPlatform::new(si) {
+    #[cfg(target_os = "none")]
+    if cmdline.get("vbd").is_some() && pv_guest_kernel::heap::stats().size == 0 {
+        // Reserved before the platform's page allocator takes the rest.
+        let _ = pv_guest_kernel::heap::init(crate::blkserve::HEAP_KIB);
+    }
+    #[allow(unused_mut)]
+    let mut p = match PvPlatform::new(si) {
         Ok(p) => p,
         Err(e) => pv_guest_kernel::xtf::error(format_args!("PvPlatform::new: {e}")),
     };
+    #[allow(unused_mut)]
+    let mut c = Checker::new();
+    #[cfg(target_os = "none")]
+    let blk = crate::blkserve::BlkService::setup(&mut p, cmdline, &mut c);
     let mut s = Service {
         p,
         xsd: Xenstored::new(Quotas::default()),
         con: ConsoleBackend::new(),
         served: BTreeMap::new(),
         ended: Vec::new(),
-        c: Checker::new(),
+        c,
+        #[cfg(target_os = "none")]
+        blk,
     };
     let bind = |v: u32, what: &str| match events::bind_virq(v, events::note) {
         Ok(p) => p,
@@ -289,11 +316,23 @@ pub fn run(si: &'static StartInfo, cmdline: &Cmdline<'_>) -> ! {
             if let Err(e) = s.con.process(&mut s.xsd.local(), &mut s.p, Some(&ev)) {
                 println!("xenstored: console handshake: {e:?}");
             }
+            #[cfg(target_os = "none")]
+            if let Some(b) = s.blk.as_mut() {
+                b.process(&mut s.xsd.local(), &mut s.p, Some(&ev));
+            }
         }
         let lost = s.xsd.local_events_dropped();
         if lost != dropped_events {
             dropped_events = lost;
             let _ = s.con.process(&mut s.xsd.local(), &mut s.p, None);
+            #[cfg(target_os = "none")]
+            if let Some(b) = s.blk.as_mut() {
+                b.process(&mut s.xsd.local(), &mut s.p, None);
+            }
+        }
+        #[cfg(target_os = "none")]
+        if let Some(b) = s.blk.as_mut() {
+            moved |= b.serve(&mut s.xsd.local(), &mut s.p);
         }
         let n = s.con.drain(&mut s.p, DRAIN_BUDGET, &mut print_line);
         printed += n;
@@ -363,6 +402,10 @@ pub fn run(si: &'static StartInfo, cmdline: &Cmdline<'_>) -> ! {
     }
     for &(d, state, reason) in &s.ended {
         println!("xenstored: d{d} ended: state {state} reason {reason}");
+    }
+    #[cfg(target_os = "none")]
+    if let Some(b) = s.blk.as_ref() {
+        println!("blkback: done; the disk took {} interrupts", b.interrupts());
     }
     println!(
         "xenstored: every domU ended; {printed} console bytes printed, input {typed} typed, \

@@ -21,11 +21,10 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use pv_guest_kernel::abi::stream::StreamPipe;
 use pv_guest_kernel::abi::xenbus::XenbusState;
 use pv_guest_kernel::abi::xenstore::Header;
 use pv_guest_kernel::abi::{DomId, Errno};
-use pv_guest_kernel::drivers::{self, PvPlatform};
+use pv_guest_kernel::drivers::PvPlatform;
 use pv_guest_kernel::pv_drivers::console::{console_frontend, ConsoleFrontend};
 use pv_guest_kernel::pv_drivers::platform::Port;
 use pv_guest_kernel::pv_drivers::xenbus::{backend_path, read_state};
@@ -41,25 +40,8 @@ use super::Env;
 const DEVICE_TRIES: u32 = 200;
 
 fn setup(env: &Env) -> (PvPlatform, Client, Port) {
-    if cfg!(not(target_os = "none")) {
-        xtf::error("xenstore needs dom0 under the real hypervisor");
-    }
-    let Some(store) = drivers::store_ring(env.si) else {
-        xtf::error("no xenstore page in start_info")
-    };
-    let p = match PvPlatform::new(env.si) {
-        Ok(p) => p,
-        Err(e) => xtf::error(format_args!("PvPlatform::new: {e}")),
-    };
-    println!(
-        "console: xenstore page mfn {:#x}, port {}",
-        store.mfn.0, store.port
-    );
-    (
-        p,
-        Client::new(StreamPipe::xenstore_client(store.page)),
-        store.port,
-    )
+    let c = super::xsconn::connect(env, "console");
+    (c.platform, c.client, c.port)
 }
 
 /// Steps the handshake until `done`, sleeping on the store port for watch events.

@@ -11,11 +11,14 @@
 //!   boot over the same disk). Prints `integrity: seed=S mib=M sector=X fnv=HEX` with the
 //!   checksum of what was read back, which the host compares with
 //!   `tests::disk::pattern_fnv`.
+//! - `test=blkbench`: sequential and random-read figures over the disk
+//!   ([`blkbench`]); `test=blkcrash`: dies with writes in flight on the PV disk.
 //!
-//! The disk (`disk=`): `ram` (the default, and for now the only one) is a sparse RAM
-//! disk of `ram_mib` MiB; for `fs` it is formatted first with `format_fat32` (the crate
-//! has no formatter), as a real disk is with `format=1`. Wiring blkfront means adding
-//! its device to [`open_disk`]; nothing else changes.
+//! The disk (`disk=`): `ram` (the default) is a sparse RAM disk of `ram_mib` MiB; for
+//! `fs` it is formatted first with `format_fat32`, as a real disk is with `format=1`.
+//! `blk` is the domain's PV disk `vbd/0` (blkfront; dom0 serves a region of the real
+//! disk with `xenstored=1 vbd=...`): the program connects to xenstore, runs the
+//! handshake and then does its I/O through the blkif ring.
 //!
 //! Common options: `req_kib=` (44: blkif's 11 segments of 4 KiB) the largest request
 //! the queue sends; `chunk_kib=` (64) the integrity workload's I/O size.
@@ -29,8 +32,12 @@ use pv_drivers::blockdev::integrity::{self, Fnv};
 use pv_drivers::blockdev::queue::RequestQueue;
 use pv_drivers::blockdev::{BlockDevice, MemDisk};
 use pv_drivers::fat::{self, FatFs};
+use pv_guest_kernel::abi::xenbus::XenbusState;
+use pv_guest_kernel::drivers::PvPlatform;
+use pv_guest_kernel::pv_drivers::blk::front::{self, blk_frontend, BlkFrontend, FrontConfig};
+use pv_guest_kernel::pv_drivers::xenstore::{Xs, XsError};
 use pv_guest_kernel::xtf::{self, Checker};
-use pv_guest_kernel::{heap, println, time};
+use pv_guest_kernel::{events, heap, println, time};
 
 use super::Env;
 
@@ -46,9 +53,124 @@ fn open_disk(env: &Env, default_ram_mib: u64) -> Result<(Disk, bool), String> {
             println!("disk: RAM disk, {mib} MiB (sparse)");
             Ok((Box::new(MemDisk::new(mib << 11, 512)), true))
         }
-        // blkfront's device goes here: `"blk" => Ok((Box::new(dev), false))`.
-        other => Err(format!("disk={other}: no such disk in this kernel (ram)")),
+        "blk" => open_blk(env).map(|d| (d, false)),
+        other => Err(format!(
+            "disk={other}: no such disk in this kernel (ram, blk)"
+        )),
     }
+}
+
+/// How long to keep asking for the `vbd` device (dom0 creates it when it introduces
+/// us, before answering our first request, so this is a safety net).
+const DEVICE_TRIES: u32 = 200;
+
+/// `disk=blk`: connects blkfront to `vbd/0`. The device outlives the program's stack
+/// frames (the workloads own it as a boxed `BlockDevice`), so the platform, the
+/// frontend and the wait closure it borrows live for the rest of the boot (leaked: the
+/// program never returns).
+pub(super) fn open_blk(env: &Env) -> Result<Disk, String> {
+    let (p, fe) = connect_blk(env)?;
+    let Some(port) = fe.driver.port() else {
+        return Err("blk: connected without an event channel".into());
+    };
+    let wait: &'static mut dyn FnMut() = Box::leak(Box::new(move || {
+        let _ = events::wait_any(&[port]);
+    }));
+    Ok(Box::new(fe.driver.device(p, wait)))
+}
+
+/// Connects blkfront to `vbd/0` (see [`open_blk`]).
+fn connect_blk(env: &Env) -> Result<(&'static mut PvPlatform, &'static mut BlkFrontend), String> {
+    let conn = super::xsconn::connect(env, "blk");
+    let sp = conn.port;
+    let p: &'static mut PvPlatform = Box::leak(Box::new(conn.platform));
+    let client = Box::leak(Box::new(conn.client));
+    let mut notify = move || {
+        let _ = events::send(sp);
+    };
+    let mut wait_store = move || {
+        let _ = events::wait_any(&[sp]);
+    };
+    let mut xs = client.blocking(&mut notify, &mut wait_store);
+    let me = env.si.domid;
+    let mut fe = None;
+    for _ in 0..DEVICE_TRIES {
+        match blk_frontend(&mut xs, me, 0, FrontConfig::default()) {
+            Ok(f) => {
+                fe = Some(f);
+                break;
+            }
+            Err(XsError::ENOENT) => {
+                let _ = time::sleep_ms(10);
+            }
+            Err(e) => return Err(format!("blk frontend: {e:?}")),
+        }
+    }
+    let fe: &'static mut BlkFrontend = match fe {
+        Some(f) => Box::leak(Box::new(f)),
+        None => return Err("no vbd/0 device (is dom0 running with vbd=?)".into()),
+    };
+    loop {
+        let st = front::process(fe, &mut xs, p).map_err(|e| format!("blk handshake: {e:?}"))?;
+        if fe.is_connected() {
+            break;
+        }
+        if st == XenbusState::Closed && fe.driver.is_broken() {
+            return Err("blk handshake: device closed".into());
+        }
+        // Events already read need no wake-up; anything arriving after this poll
+        // leaves the port's fired bit set, so the wait cannot miss it.
+        if xs.next_event().is_some() {
+            while xs.next_event().is_some() {}
+            continue;
+        }
+        events::wait_any(&[sp]).map_err(|e| format!("wait for the store: {e}"))?;
+    }
+    let info = fe.driver.info();
+    println!(
+        "blk: vbd/0 connected: {} sectors ({} MiB){}, {:?}",
+        info.sectors,
+        info.sectors / 2048,
+        if info.readonly { ", read-only" } else { "" },
+        fe.driver.negotiated()
+    );
+    Ok((p, fe))
+}
+
+/// `test=blkcrash disk=blk writes=N`: a guest that dies mid-I/O. It queues `writes`
+/// (16) writes of 28 KiB (direct requests; 16 of them fit the bounce pool) without
+/// waiting, waits for the first
+/// completion (so the others are in dom0's hands: in the disk queue or the ring), then
+/// crashes. dom0 must unmap its pages at once, complete what the disk still holds into
+/// its own buffers, and keep serving everyone else.
+pub fn blkcrash(env: &Env) -> ! {
+    ensure_heap(4096);
+    let writes = env.cmdline.u64_or("writes", 16).max(1);
+    let (p, fe) = match connect_blk(env) {
+        Ok(x) => x,
+        Err(e) => xtf::error(e),
+    };
+    let Some(port) = fe.driver.port() else {
+        xtf::error("blk: connected without an event channel")
+    };
+    let sectors = fe.driver.max_request_sectors().clamp(1, 56);
+    let data = alloc::vec![0xc5u8; sectors as usize * 512];
+    let mut queued = 0;
+    for i in 0..writes {
+        match fe.driver.submit_write(p, i * sectors, &data) {
+            Ok(_) => queued += 1,
+            Err(_) => break,
+        }
+    }
+    while fe.driver.poll(p).is_none() {
+        let _ = events::wait_any(&[port]);
+    }
+    println!(
+        "blkcrash: {queued} writes of {} KiB queued, one completed, {} in flight: crashing",
+        sectors / 2,
+        fe.driver.in_flight()
+    );
+    pv_guest_kernel::hv::shutdown(pv_guest_kernel::abi::hypercall::ShutdownReason::Crash)
 }
 
 /// The request queue every workload goes through.
@@ -59,7 +181,7 @@ fn queue(env: &Env, disk: Disk) -> RequestQueue<Disk> {
 
 /// Makes sure the heap holds `kib` KiB (it never grows: sized once, here or by
 /// `heap_kib=`).
-fn ensure_heap(kib: u64) {
+pub(super) fn ensure_heap(kib: u64) {
     if heap::stats().size == 0 {
         if let Err(e) = heap::init(kib) {
             xtf::error(format_args!("heap of {kib} KiB: {e:?}"));
@@ -284,6 +406,101 @@ pub fn integrity(env: &Env) -> ! {
     println!(
         "integrity: queue: {} submitted, {} merged, {} device requests, {} flushes",
         s.submitted, s.merged, s.dispatched, s.flushes
+    );
+    c.finish()
+}
+
+/// MB/s *100 (MB = 10^6 bytes) and operations per second for `bytes` in `ops` over `ns`.
+fn rates(bytes: u64, ops: u64, ns: u64) -> (u64, u64) {
+    let ns = u128::from(ns.max(1));
+    (
+        (u128::from(bytes) * 100_000 / ns) as u64,
+        (u128::from(ops) * 1_000_000_000 / ns) as u64,
+    )
+}
+
+/// `test=blkbench`: the guest-side twin of dom0's `blkbench=1`, through the
+/// `BlockDevice` (no request queue): sequential writes then reads of `mib` MiB (16) in
+/// calls of 64 KiB (one request in flight) and of 1 MiB (split into the largest
+/// requests the device takes, all in flight), then `ops` (2000) random 4 KiB reads, one
+/// at a time. Figures, not a pass/fail test (the data read back is not checked here:
+/// `test=integrity` does that).
+pub fn blkbench(env: &Env) -> ! {
+    let mib = env.cmdline.u64_or("mib", 16).max(1);
+    let ops = env.cmdline.u64_or("ops", 2000).max(1);
+    ensure_heap(4096);
+    let mut c = Checker::new();
+    let (mut disk, _) = match open_disk(env, mib + 1) {
+        Ok(d) => d,
+        Err(e) => xtf::error(e),
+    };
+    let cap = disk.sectors();
+    let kind = env.cmdline.get("disk").unwrap_or("ram");
+    let mut buf = alloc::vec![0u8; 1 << 20];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(13);
+    }
+    for (name, write) in [("write", true), ("read", false)] {
+        for call in [64usize << 10, 1 << 20] {
+            let sectors = (call / 512) as u64;
+            let count = (mib << 20) / call as u64;
+            if cap < sectors * 2 {
+                c.fail("disk large enough", format_args!("{cap} sectors"));
+                break;
+            }
+            let t0 = time::now_ns();
+            let mut ok = true;
+            for i in 0..count {
+                let s = (i * sectors) % (cap - sectors);
+                let r = if write {
+                    disk.write(s, &buf[..call])
+                } else {
+                    disk.read(s, &mut buf[..call])
+                };
+                if let Err(e) = r {
+                    c.fail(
+                        format_args!("seq {name} at sector {s}"),
+                        format_args!("{e:?}"),
+                    );
+                    ok = false;
+                    break;
+                }
+            }
+            if write && ok {
+                c.check_eq("flush", Ok(()), disk.flush());
+            }
+            let ns = time::now_ns() - t0;
+            let (mb, _) = rates(count * call as u64, count, ns);
+            println!(
+                "blkbench: {kind} seq {name} {}KiB per call: {}.{:02} MB/s ({count} calls, {} ms)",
+                call >> 10,
+                mb / 100,
+                mb % 100,
+                ns / 1_000_000
+            );
+        }
+    }
+    let blocks = cap / 8;
+    let mut x: u64 = 0x1234_5678;
+    let t0 = time::now_ns();
+    for _ in 0..ops {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let s = (x % blocks) * 8;
+        if let Err(e) = disk.read(s, &mut buf[..4096]) {
+            c.fail(
+                format_args!("random read at sector {s}"),
+                format_args!("{e:?}"),
+            );
+            break;
+        }
+    }
+    let ns = time::now_ns() - t0;
+    let (_, iops) = rates(ops * 4096, ops, ns);
+    println!(
+        "blkbench: {kind} rand read 4KiB qd1: {iops} IOPS ({ops} requests, {} ms)",
+        ns / 1_000_000
     );
     c.finish()
 }

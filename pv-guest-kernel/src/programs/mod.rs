@@ -7,6 +7,7 @@
 mod badptr;
 mod basic;
 mod bench;
+mod blkhostile;
 mod clock;
 mod console;
 mod crash;
@@ -23,6 +24,7 @@ mod ptwr_bad;
 mod tasks;
 mod traps;
 mod workload;
+mod xsconn;
 
 use pv_guest_kernel::abi::start_info::StartInfo;
 use pv_guest_kernel::cmdline::Cmdline;
@@ -198,6 +200,21 @@ pub static PROGRAMS: &[Program] = &[
         name: "integrity",
         about: "disk=ram seed=N mib=N sector=N verify_only=1: pattern write, flush, read back, checksum",
         run: fs::integrity,
+    },
+    Program {
+        name: "blkbench",
+        about: "disk=blk mib=N ops=N: sequential 64 KiB / 1 MiB MB/s and random 4 KiB read IOPS (figures)",
+        run: fs::blkbench,
+    },
+    Program {
+        name: "blkcrash",
+        about: "disk=blk writes=N: queue N writes on the PV disk, crash after the first completes",
+        run: fs::blkcrash,
+    },
+    Program {
+        name: "blkhostile",
+        about: "raw vbd frontend sending requests blkback must refuse (bad grants, past the end, read-only write)",
+        run: blkhostile::run,
     },
     Program {
         name: "heap",
