@@ -338,3 +338,35 @@ fn hostile_frontend_gets_error_responses_while_the_other_guest_works() {
     );
     let _ = fs::remove_file(image);
 }
+
+/// Discard reaches the disk: dom0's store emulates it by writing zeroes (virtio-drivers
+/// has no discard), so the discarded half of what the guest wrote is zero in the image
+/// and the other half is still there.
+#[test]
+fn discard_zeroes_the_range_on_the_disk() {
+    // Not zero to begin with: zeroes afterwards can only come from the discard.
+    let image = tmp("discard");
+    fs::write(&image, vec![0x55u8; (32 * MIB) as usize]).expect("image");
+    let o = Scenario::new("blkpv-discard")
+        .dom0("xenstored=1 vbd=1:4M:16M")
+        .guest("test=blkdiscard disk=blk kib=1024")
+        .disk(&image)
+        .run();
+    o.assert_hv_success()
+        .assert_all_domains_ended()
+        .assert_result("[d1] ", TestResult::Success)
+        .assert_line_starting("[d1] blkdiscard: wrote 1024 KiB, discarded sectors 0..1024");
+    let img = fs::read(&image).expect("image");
+    let base = (4 * MIB) as usize;
+    assert!(
+        img[base..base + 512 * 1024].iter().all(|&b| b == 0),
+        "the discarded half is zero on the disk"
+    );
+    assert!(
+        img[base + 512 * 1024..base + 1024 * 1024]
+            .iter()
+            .all(|&b| b == 0xd7),
+        "the other half is as written"
+    );
+    let _ = fs::remove_file(&image);
+}

@@ -207,6 +207,11 @@ pub static PROGRAMS: &[Program] = &[
         run: fs::blkbench,
     },
     Program {
+        name: "blkdiscard",
+        about: "disk=blk kib=N: write, discard half, read back zeroes and the rest",
+        run: fs::blkdiscard,
+    },
+    Program {
         name: "blkcrash",
         about: "disk=blk writes=N: queue N writes on the PV disk, crash after the first completes",
         run: fs::blkcrash,
