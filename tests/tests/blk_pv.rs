@@ -325,6 +325,10 @@ fn hostile_frontend_gets_error_responses_while_the_other_guest_works() {
         .assert_contains("[d1] blkhostile: grant never issued: status -1")
         .assert_contains("[d1] blkhostile: unknown operation: status -2")
         .assert_contains("[d1] blkhostile: valid read again: status 0")
+        .assert_contains("[d1] blkhostile: too many segments: status -1")
+        .assert_contains("[d1] blkhostile: segment past its page: status -1")
+        .assert_contains("[d1] blkhostile: flood of 32 reads: 32 answered, 32 OKAY")
+        .assert_line_starting("[d1] blkhostile: garbage ring index: backend state 5")
         .assert_contains("[d0] ok: every foreign mapping released")
         .assert_contains("[hv] free frames back to the boot baseline")
         .expect(!o.serial.contains("FAIL:"), "no failed check");

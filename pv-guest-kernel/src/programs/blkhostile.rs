@@ -5,8 +5,11 @@
 //! the status of its response: a valid read (`OKAY`), a write to the read-only disk,
 //! a grant reference it never issued, a grant it gave to another domain, a range past
 //! the end of the disk, a sector number that overflows, a segment with first > last,
-//! and an unknown operation (`EOPNOTSUPP`). Every refusal must come back as a response
-//! with the request's id; the other guests keep working meanwhile (the scenario checks).
+//! too many segments, a segment past its page, and an unknown operation (`EOPNOTSUPP`).
+//! Every refusal must come back as a response with the request's id. Then a flood (a
+//! full ring of valid reads at once: all answered) and a garbage producer index (the
+//! backend must disconnect the device). The other guests keep working meanwhile (the
+//! scenario checks).
 
 use alloc::format;
 use alloc::string::String;
@@ -187,6 +190,20 @@ pub fn run(env: &Env) -> ! {
             rw(200, 0, &[(own, 0, 7)]),
             BLKIF_RSP_EOPNOTSUPP,
         ),
+        (
+            "too many segments",
+            {
+                let mut q = rw(BLKIF_OP_READ, 0, &[(own, 0, 0); 11]);
+                q.nr_segments = 12;
+                q
+            },
+            BLKIF_RSP_ERROR,
+        ),
+        (
+            "segment past its page",
+            rw(BLKIF_OP_READ, 0, &[(own, 0, 8)]),
+            BLKIF_RSP_ERROR,
+        ),
         ("valid read again", rd(8), BLKIF_RSP_OKAY),
     ];
     for (i, (what, mut q, want)) in cases.into_iter().enumerate() {
@@ -230,5 +247,77 @@ pub fn run(env: &Env) -> ! {
             None => c.fail(what, "no response"),
         }
     }
+
+    // A flood: as many valid reads as the ring holds, pushed at once; every one answered.
+    let Some(ring) = fe.driver.ring.as_mut() else {
+        xtf::error("ring gone")
+    };
+    let mut pushed = 0u64;
+    while ring
+        .push_request(BlkifRequest {
+            id: 5000 + pushed,
+            ..rd(pushed % 64)
+        })
+        .is_ok()
+    {
+        pushed += 1;
+    }
+    if ring.push_requests_and_check_notify() {
+        let _ = p.notify(port);
+    }
+    let mut answered = 0u64;
+    let mut ok = 0u64;
+    for _ in 0..10_000 {
+        if answered == pushed {
+            break;
+        }
+        match ring.take_response() {
+            Ok(Some(r)) => {
+                answered += 1;
+                ok += u64::from(r.status == BLKIF_RSP_OKAY);
+            }
+            Ok(None) => match ring.final_check_for_responses() {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = events::wait_any(&[port]);
+                }
+                Err(_) => break,
+            },
+            Err(_) => break,
+        }
+    }
+    println!("blkhostile: flood of {pushed} reads: {answered} answered, {ok} OKAY");
+    c.check(
+        "a full ring of requests is all answered",
+        answered == pushed && ok == pushed,
+    );
+
+    // Garbage ring index: a producer index far beyond what the ring can hold. The
+    // backend must not trust it: it disconnects this device (its state leaves Connected).
+    let Some(ring) = fe.driver.ring.take() else {
+        xtf::error("ring gone")
+    };
+    let bogus = ring.req_prod_pvt().wrapping_add(0x0010_0000);
+    let page = ring.into_page();
+    let _ = page.write_bytes(
+        pv_guest_kernel::abi::ring::REQ_PROD_OFFSET,
+        &bogus.to_le_bytes(),
+    );
+    let _ = p.notify(port);
+    let state_key = format!("{be_dir}/state");
+    let mut state = 4;
+    for _ in 0..300 {
+        state = xs
+            .read_string(0, &state_key)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if state != 4 {
+            break;
+        }
+        let _ = time::sleep_ms(10);
+    }
+    println!("blkhostile: garbage ring index: backend state {state}");
+    c.check("a garbage ring index disconnects the device", state != 4);
     c.finish()
 }
