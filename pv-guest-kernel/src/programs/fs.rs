@@ -79,6 +79,22 @@ pub(super) fn open_blk(env: &Env) -> Result<Disk, String> {
     Ok(Box::new(fe.driver.device(p, wait)))
 }
 
+/// blkfront's wishes: the measured defaults, or `blk_ring_order=` (0..=4),
+/// `blk_indirect=` (segments per indirect request, 0 = direct only), `blk_persistent=0|1`
+/// and `blk_pool=` (bounce pages) to compare the combinations on the real hypervisor.
+fn front_config(env: &Env) -> FrontConfig {
+    let d = FrontConfig::default();
+    let c = &env.cmdline;
+    FrontConfig {
+        ring_order: c.u64_or("blk_ring_order", u64::from(d.ring_order)).min(4) as u32,
+        indirect_segments: c
+            .u64_or("blk_indirect", u64::from(d.indirect_segments))
+            .min(4096) as u32,
+        persistent: c.u64_or("blk_persistent", u64::from(d.persistent)) != 0,
+        pool_pages: c.u64_or("blk_pool", d.pool_pages as u64).clamp(16, 1024) as usize,
+    }
+}
+
 /// Connects blkfront to `vbd/0` (see [`open_blk`]).
 fn connect_blk(env: &Env) -> Result<(&'static mut PvPlatform, &'static mut BlkFrontend), String> {
     let conn = super::xsconn::connect(env, "blk");
@@ -95,7 +111,7 @@ fn connect_blk(env: &Env) -> Result<(&'static mut PvPlatform, &'static mut BlkFr
     let me = env.si.domid;
     let mut fe = None;
     for _ in 0..DEVICE_TRIES {
-        match blk_frontend(&mut xs, me, 0, FrontConfig::default()) {
+        match blk_frontend(&mut xs, me, 0, front_config(env)) {
             Ok(f) => {
                 fe = Some(f);
                 break;
