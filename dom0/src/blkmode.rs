@@ -67,6 +67,14 @@ pub fn rates(bytes: u64, ops: u64, ns: u64) -> (u64, u64) {
 #[cfg(target_os = "none")]
 pub use run::{blkbench, blktest};
 
+/// One figure in the measurement lab's line format (`cargo xtask bench` parses it): a
+/// single run, so every statistic is the value.
+pub fn lab_line(name: &str, unit: &str, v: u64) {
+    pv_guest_kernel::println!(
+        "bench: name={name} unit={unit} batch=1 n=1 min={v} p10={v} median={v} p90={v} max={v} outliers=0 overhead=0"
+    );
+}
+
 #[cfg(target_os = "none")]
 mod run {
     use super::*;
@@ -311,6 +319,9 @@ mod run {
                             mb % 100,
                             ns / 1_000_000
                         );
+                        if depth == 1 {
+                            lab_line(&alloc::format!("blk_dom0_seq_{name}_64k"), "KB/s", mb * 10);
+                        }
                     }
                     None => c.fail(format_args!("seq {name} qd{depth}"), "device error"),
                 }
@@ -328,6 +339,9 @@ mod run {
             }) {
                 Some(ns) => {
                     let (_, iops) = rates(random_ops * 4096, random_ops, ns);
+                    if depth == 1 {
+                        lab_line("blk_dom0_rand_read_4k", "IOPS", iops);
+                    }
                     println!(
                         "blkbench: {mode} rand read 4KiB qd{depth}: {iops} IOPS ({random_ops} requests, {} ms)",
                         ns / 1_000_000

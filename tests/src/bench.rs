@@ -99,7 +99,15 @@ pub enum Part {
     Pair,
     /// One guest, the `grantperf` program (grant map+unmap vs grant copy).
     Grant,
+    /// dom0 alone on a scratch disk: `blkbench=1` (the disk driven directly).
+    BlkDom0,
+    /// dom0 serving one guest's `test=blkbench disk=blk` through blkback/blkfront.
+    BlkGuest,
 }
+
+/// Why the block rows are missing under icount.
+pub const BLK_NEEDS_WALL_CLOCK: &str =
+    "block throughput needs a wall clock (under icount the disk's time is not the CPU's): run with --clock tcg";
 
 /// The batch sizes of the curves.
 pub const BATCHES: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
@@ -191,6 +199,48 @@ pub const FIGURES: &[FigureSpec] = &[
         label: "grant map + unmap of one 4 KiB page",
         reference: SYSCALL_REF,
         part: Part::Grant,
+        curve: false,
+    },
+    FigureSpec {
+        name: "blk_dom0_seq_write_64k",
+        label: "dom0 direct: sequential 64 KiB writes, KB/s",
+        reference: None,
+        part: Part::BlkDom0,
+        curve: false,
+    },
+    FigureSpec {
+        name: "blk_dom0_seq_read_64k",
+        label: "dom0 direct: sequential 64 KiB reads, KB/s",
+        reference: None,
+        part: Part::BlkDom0,
+        curve: false,
+    },
+    FigureSpec {
+        name: "blk_dom0_rand_read_4k",
+        label: "dom0 direct: random 4 KiB reads at queue depth 1, IOPS",
+        reference: None,
+        part: Part::BlkDom0,
+        curve: false,
+    },
+    FigureSpec {
+        name: "blk_guest_seq_write_64k",
+        label: "guest via blkfront: sequential 64 KiB writes, KB/s",
+        reference: Some("blk_dom0_seq_write_64k"),
+        part: Part::BlkGuest,
+        curve: false,
+    },
+    FigureSpec {
+        name: "blk_guest_seq_read_64k",
+        label: "guest via blkfront: sequential 64 KiB reads, KB/s",
+        reference: Some("blk_dom0_seq_read_64k"),
+        part: Part::BlkGuest,
+        curve: false,
+    },
+    FigureSpec {
+        name: "blk_guest_rand_read_4k",
+        label: "guest via blkfront: random 4 KiB reads at queue depth 1, IOPS",
+        reference: Some("blk_dom0_rand_read_4k"),
+        part: Part::BlkGuest,
         curve: false,
     },
     FigureSpec {
@@ -539,10 +589,48 @@ pub fn run(opts: &Options) -> Result<Report> {
         ],
     );
     let grant = boot(opts, "bench-grant", "", &[format!("test=grantperf n={n}")]);
+    // Block I/O: the same scratch disk, driven by dom0 directly, then through a guest.
+    let disk = opts.out_dir.join("blk.img");
+    // Throughput is wall-clock work: under icount the disk's time is not the CPU's
+    // instruction count, so those rows are only measured with a wall clock.
+    let blk = if opts.clock == Clock::Icount {
+        Err(BLK_NEEDS_WALL_CLOCK.to_string())
+    } else {
+        Ok(())
+    };
+    let blk = blk
+        .and_then(|()| std::fs::create_dir_all(&opts.out_dir).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            std::fs::File::create(&disk)
+                .and_then(|f| f.set_len(64 << 20))
+                .map_err(|e| format!("scratch disk {}: {e}", disk.display()))
+        });
+    let (mib, ops) = if opts.quick { (4, 200) } else { (16, 1000) };
+    let blk_dom0 = blk.clone().and_then(|()| {
+        serial_of(
+            "bench-blk-dom0",
+            scenario(opts, "bench-blk-dom0")
+                .dom0(format!("blkbench=1 blkbench_mib={mib} blkbench_ops={ops}"))
+                .disk(&disk)
+                .run(),
+        )
+    });
+    let blk_guest = blk.and_then(|()| {
+        serial_of(
+            "bench-blk-guest",
+            scenario(opts, "bench-blk-guest")
+                .dom0("xenstored=1 vbd=split")
+                .guest(format!("test=blkbench disk=blk mib={mib} ops={ops}"))
+                .disk(&disk)
+                .run(),
+        )
+    });
     for (part, out) in [
         (Part::Micro, &micro),
         (Part::Pair, &pair),
         (Part::Grant, &grant),
+        (Part::BlkDom0, &blk_dom0),
+        (Part::BlkGuest, &blk_guest),
     ] {
         collect(
             out,
