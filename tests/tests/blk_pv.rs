@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tests::disk::{parse_integrity, pattern_fnv, verify_image};
-use tests::{Scenario, TestResult};
+use tests::{Outcome, Scenario, TestResult};
 
 const MIB: u64 = 1 << 20;
 
@@ -23,6 +23,20 @@ fn extract(image: &Path, off: u64, len: u64, name: &str) -> PathBuf {
     let out = tmp(name);
     fs::write(&out, &d[off as usize..(off + len) as usize]).expect("write region");
     out
+}
+
+/// dom0 and every guest (`guests` of them) succeeded, every domain ended, dom0 released
+/// every foreign mapping and the frames came back: the common end of these scenarios.
+fn served_cleanly(o: &Outcome, guests: u16) -> &Outcome {
+    o.assert_hv_success()
+        .assert_all_domains_ended()
+        .assert_result("[d0] ", TestResult::Success)
+        .assert_contains("[d0] ok: every foreign mapping released")
+        .assert_contains("[hv] free frames back to the boot baseline");
+    for d in 1..=guests {
+        o.assert_result(&format!("[d{d}] "), TestResult::Success);
+    }
+    o
 }
 
 fn run_tool(cmd: &mut Command) -> String {
@@ -60,16 +74,11 @@ fn fat32_made_by_mkfs_is_used_by_the_guest_and_clean_for_fsck() {
         "[d1] fs: DATA.BIN bytes=524288 fnv={:016x}",
         pattern_fnv(5, 512 << 10)
     );
-    o.assert_hv_success()
-        .assert_all_domains_ended()
-        .assert_result("[d0] ", TestResult::Success)
-        .assert_result("[d1] ", TestResult::Success)
+    served_cleanly(&o, 1)
         .assert_contains("[d0] blkback: d1: vbd/0 = sectors 16384..98304 (40 MiB)")
         .assert_contains("[d1] blk: vbd/0 connected: 81920 sectors (40 MiB)")
         .assert_contains("[d1] fs: / DATA.BIN file 524288")
         .assert_line_starting(&want)
-        .assert_contains("[d0] ok: every foreign mapping released")
-        .assert_contains("[hv] free frames back to the boot baseline")
         .expect(!o.serial.contains("FAIL:"), "no failed check");
     // The 8 MiB in front were never the guest's.
     let img = fs::read(&image).expect("image");
@@ -148,10 +157,7 @@ fn integrity_pattern_over_24_mib_reaches_the_image_and_a_second_boot_reads_it() 
         .guest("test=integrity disk=blk seed=21 mib=24 sector=2048")
         .disk(&image)
         .run();
-    o.assert_hv_success()
-        .assert_all_domains_ended()
-        .assert_result("[d0] ", TestResult::Success)
-        .assert_result("[d1] ", TestResult::Success)
+    served_cleanly(&o, 1)
         .assert_contains("[d0] blkback: d1: vbd/0 = sectors 0..65536 (32 MiB)")
         .assert_contains("[d1] integrity: wrote and flushed 24 MiB at sector 2048")
         .expect(!o.serial.contains("FAIL:"), "no failed check");
@@ -217,17 +223,11 @@ fn two_guests_each_on_their_own_region() {
         .guest("test=integrity disk=blk seed=42 mib=6 sector=2048")
         .disk(&image)
         .run();
-    o.assert_hv_success()
-        .assert_all_domains_ended()
-        .assert_result("[d0] ", TestResult::Success)
-        .assert_result("[d1] ", TestResult::Success)
-        .assert_result("[d2] ", TestResult::Success)
+    served_cleanly(&o, 2)
         .assert_contains("[d0] blkback: d1: vbd/0 = sectors 0..65536 (32 MiB)")
         .assert_contains("[d0] blkback: d2: vbd/0 = sectors 65536..131072 (32 MiB)")
         .assert_contains("[d1] blk: vbd/0 connected: 65536 sectors (32 MiB)")
         .assert_contains("[d2] blk: vbd/0 connected: 65536 sectors (32 MiB)")
-        .assert_contains("[d0] ok: every foreign mapping released")
-        .assert_contains("[hv] free frames back to the boot baseline")
         .expect(!o.serial.contains("FAIL:"), "no failed check");
     let r2 = 32 * MIB;
     assert_eq!(
@@ -314,11 +314,7 @@ fn hostile_frontend_gets_error_responses_while_the_other_guest_works() {
         .guest("test=integrity disk=blk seed=61 mib=8 sector=0")
         .disk(&image)
         .run();
-    o.assert_hv_success()
-        .assert_all_domains_ended()
-        .assert_result("[d0] ", TestResult::Success)
-        .assert_result("[d1] ", TestResult::Success)
-        .assert_result("[d2] ", TestResult::Success)
+    served_cleanly(&o, 2)
         .assert_contains("[d1] blkhostile: connected to a 65536-sector disk (read-only)")
         .assert_contains("[d1] blkhostile: write to a read-only disk: status -1")
         .assert_contains("[d1] blkhostile: past the end: status -1")
@@ -329,8 +325,6 @@ fn hostile_frontend_gets_error_responses_while_the_other_guest_works() {
         .assert_contains("[d1] blkhostile: segment past its page: status -1")
         .assert_contains("[d1] blkhostile: flood of 32 reads: 32 answered, 32 OKAY")
         .assert_line_starting("[d1] blkhostile: garbage ring index: backend state 5")
-        .assert_contains("[d0] ok: every foreign mapping released")
-        .assert_contains("[hv] free frames back to the boot baseline")
         .expect(!o.serial.contains("FAIL:"), "no failed check");
     assert!(
         zero_at(&image, 0, 32 * MIB),
