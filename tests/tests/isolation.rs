@@ -68,6 +68,17 @@ fn privileged_instruction_kills_only_that_guest() {
     );
 }
 
+/// A `syscall` in the last bytes of the lower half returns to a non-canonical rip, on
+/// which the hypervisor's `iretq` would fault in ring 0: only that guest may die.
+#[test]
+fn a_non_canonical_return_address_kills_only_that_guest() {
+    let o = crash_with_partner("noncanonical", "crash-noncanonical");
+    assert_isolated(
+        &o,
+        "[hv] d1 crashed: would resume at non-canonical rip 0x800000000000",
+    );
+}
+
 #[test]
 fn touching_the_hypervisor_kills_only_that_guest() {
     let o = crash_with_partner("hv-read", "crash-hv");

@@ -779,7 +779,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             Ok(v) => v,
             Err(e) => e.to_ret() as u64,
         };
-        if let Some(next) = self.fast_return(Self::is_simple_hypercall(nr)) {
+        if let Some(next) = self.fast_return(Self::is_simple_hypercall(nr), regs.rip) {
             return next;
         }
         self.after_event(regs)
@@ -809,8 +809,14 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
     /// is still ahead, with the same slop `fire_timers` uses); the domain is still the one
     /// that pass chose, runnable, and has no upcall to take. Then the full pass would
     /// return exactly this, so it is skipped. Anything else: `None`.
-    fn fast_return(&self, simple: bool) -> Option<Next> {
-        if !simple || self.flush_tlb || self.discard_regs || self.time_stale {
+    fn fast_return(&self, simple: bool, rip: u64) -> Option<Next> {
+        // A non-canonical rip is the full pass's to refuse.
+        if !simple
+            || !abi::layout::is_canonical(rip)
+            || self.flush_tlb
+            || self.discard_regs
+            || self.time_stale
+        {
             return None;
         }
         let (idx, deadline) = self.last_run?;
@@ -865,7 +871,7 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             match self.try_emulate(regs, f.vector == 6) {
                 emul::Emulated::No => {}
                 emul::Emulated::Simple => {
-                    if let Some(next) = self.fast_return(true) {
+                    if let Some(next) = self.fast_return(true, regs.rip) {
                         return next;
                     }
                     return self.after_event(regs);
@@ -892,16 +898,21 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
                 let _ = write!(line, ", cr2 {cr2:#x}");
             }
             log(&mut self.console, format_args!("{}", line.as_str()));
-            log(
-                &mut self.console,
-                format_args!(
-                    "{id} registers: rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x} rsp {:#x} rflags {:#x}",
-                    regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp, regs.rflags
-                ),
-            );
+            self.log_registers(id, regs);
             self.end_current(Ending::Killed { vector: f.vector });
         }
         self.after_event(regs)
+    }
+
+    /// The register line of a crash report.
+    pub(super) fn log_registers(&mut self, id: DomId, regs: &VcpuRegs) {
+        log(
+            &mut self.console,
+            format_args!(
+                "{id} registers: rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x} rsp {:#x} rflags {:#x}",
+                regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp, regs.rflags
+            ),
+        );
     }
 
     /// Executes one decoded hypercall for the current domain.

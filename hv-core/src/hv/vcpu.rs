@@ -400,6 +400,22 @@ impl<'f, M: MachineMemory, C: ConsoleSink> Hypervisor<'f, M, C> {
             if d.state != DomainState::Runnable {
                 continue; // the upcall could not be delivered: it crashed; choose again
             }
+            if !abi::layout::is_canonical(regs.rip) {
+                // The guest ran off the end of the canonical lower half (a `syscall` or an
+                // emulated instruction in its last bytes, or a forged return address):
+                // `iretq` to that rip would fault in ring 0. The domain dies instead.
+                let id = d.id;
+                log(
+                    &mut self.console,
+                    format_args!(
+                        "{id} crashed: would resume at non-canonical rip {:#x}",
+                        regs.rip
+                    ),
+                );
+                self.log_registers(id, regs);
+                self.end_current(Ending::Killed { vector: 13 });
+                continue;
+            }
             let flush_tlb = core::mem::take(&mut self.flush_tlb);
             let deadline = min_opt(self.sched.next_deadline(self.now), self.earliest_timer());
             self.last_run = Some((idx, deadline));

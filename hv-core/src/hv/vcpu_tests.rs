@@ -851,3 +851,25 @@ fn filling_an_empty_entry_needs_no_flush_changing_a_present_one_does() {
     }
     assert_eq!(t.regs.rax, 0);
 }
+
+#[test]
+fn a_non_canonical_resume_rip_ends_the_domain_not_the_hypervisor() {
+    // A `syscall` in the last two bytes of the lower half returns to 0x8000_0000_0000:
+    // `iretq` there would fault in ring 0. The hypervisor must end just that domain.
+    let mut t = T::new();
+    t.regs.rip = 0x0000_8000_0000_0000;
+    let _ = t.call(17, [0, 0, 0, 0, 0]); // xen_version: the fast-path candidate
+    assert!(
+        t.hv.console
+            .out
+            .contains("d0 crashed: would resume at non-canonical rip 0x800000000000"),
+        "{}",
+        t.hv.console.out
+    );
+    assert!(matches!(
+        t.hv.domain(DomId(0)).map(|d| d.state),
+        Some(DomainState::Dead(Ending::Killed { vector: 13 }))
+    ));
+    assert_ne!(t.cur(), DomId(0), "another domain runs");
+    assert!(abi::layout::is_canonical(t.regs.rip));
+}

@@ -43,6 +43,49 @@ pub fn hv(_env: &Env) -> ! {
     )
 }
 
+/// The last two bytes of the canonical lower half: a `syscall` there returns to
+/// 0x8000_0000_0000, which is not canonical.
+const LAST_TWO_BYTES: u64 = 0x7fff_ffff_fffe;
+
+/// `crash-noncanonical`: maps an executable page at the very top of the lower half, puts a
+/// `syscall` (a null hypercall) in its last two bytes and jumps there. The return address
+/// is non-canonical: the hypervisor must end this domain, not fault itself on `iretq`.
+pub fn noncanonical(env: &Env) -> ! {
+    use pv_guest_kernel::abi::mm::pte;
+    use pv_guest_kernel::mm::pv::{PvFrames, PvMmu};
+    use pv_guest_kernel::mm::{AddressSpace, FrameSource, Mmu};
+    let si = env.si;
+    let (Some(mut mmu), Some(mut frames)) = (PvMmu::new(si), PvFrames::from_start_info(si)) else {
+        xtf::error("no MMU or page allocator")
+    };
+    let boot = mmu.base();
+    let Ok(mut space) = AddressSpace::create(&mut mmu, &mut frames, boot) else {
+        xtf::error("address space")
+    };
+    let Some(code) = frames.alloc_frame() else {
+        xtf::error("no frame")
+    };
+    // SAFETY: a fresh frame of ours, mapped writable at its start-of-day address.
+    unsafe {
+        let p = (code.va + 0xffe) as *mut u8;
+        p.write_volatile(0x0f);
+        p.add(1).write_volatile(0x05); // syscall
+    }
+    let page = LAST_TWO_BYTES & !0xfff;
+    let entry = code.mfn.maddr() | pte::P | pte::US | pte::A; // executable, read-only
+    if let Err(e) = space.map_pte(&mut mmu, &mut frames, page, entry) {
+        xtf::error(format_args!("map the code page: {e}"));
+    }
+    // SAFETY: the kernel's own slots are shared by the new space.
+    if let Err(e) = unsafe { space.switch_to(&mut mmu) } {
+        xtf::error(format_args!("switch: {e}"));
+    }
+    attempt(
+        "execute syscall at 0x7ffffffffffe (it returns to a non-canonical rip)",
+        || ops::jump(LAST_TWO_BYTES),
+    )
+}
+
 pub fn panic(_env: &Env) -> ! {
     println!("about to panic");
     panic!("deliberate panic (crash-panic test)")
@@ -77,6 +120,22 @@ mod ops {
         // if it returned, only a scratch register changed.
         unsafe { asm!("mov {}, dr7", out(reg) _, options(nostack, nomem)) };
     }
+
+    /// Jumps to `to` with `rax` = the `xen_version` hypercall number (a null hypercall
+    /// if what is there is a `syscall`); does not come back.
+    pub fn jump(to: u64) {
+        // SAFETY: a deliberate one-way jump into the test's code page; the hypervisor
+        // ends the domain there.
+        unsafe {
+            asm!(
+                "jmp {to}",
+                to = in(reg) to,
+                in("rax") 17u64,
+                in("rdi") 0u64,
+                options(noreturn)
+            )
+        }
+    }
 }
 
 #[cfg(not(target_os = "none"))]
@@ -86,4 +145,5 @@ mod ops {
     pub fn ud2() {}
     pub fn int3() {}
     pub fn read_dr7() {}
+    pub fn jump(_to: u64) {}
 }

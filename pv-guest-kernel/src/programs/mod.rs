@@ -242,6 +242,11 @@ pub static PROGRAMS: &[Program] = &[
         run: crash::int3,
     },
     Program {
+        name: "crash-noncanonical",
+        about: "syscall in the last two bytes of the lower half (returns to a non-canonical rip)",
+        run: crash::noncanonical,
+    },
+    Program {
         name: "crash-priv",
         about: "mov from dr7 in ring 3 (privileged, not emulated)",
         run: crash::privileged,
