@@ -679,7 +679,23 @@ mod props {
         fn random_requests_never_panic(reqs in proptest::collection::vec(any_req(), 1..32)) {
             let mut r = Rig::new(2048);
             let mut e = r.evil(5, false, 0);
-            let reqs: Vec<_> = reqs.into_iter().enumerate().map(|(i, mut q)| { q.id = i as u64; q }).collect();
+            // A frontend that points a read at its own ring page has the backend write
+            // disk data over its ring (the backend does what it is asked): its responses
+            // are then its own problem, not what this property is about.
+            let ring_gref = e.fe.driver.ring_page.map(|(_, g)| g.0);
+            let reqs: Vec<_> = reqs
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut q)| {
+                    q.id = i as u64;
+                    for s in q.seg.iter_mut() {
+                        if Some(s.gref) == ring_gref {
+                            s.gref = u32::MAX;
+                        }
+                    }
+                    q
+                })
+                .collect();
             let got = r.evil_round(&mut e, &reqs);
             let mut ids: Vec<u64> = got.iter().map(|g| g.id).collect();
             ids.sort_unstable();
