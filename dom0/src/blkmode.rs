@@ -67,19 +67,12 @@ pub fn rates(bytes: u64, ops: u64, ns: u64) -> (u64, u64) {
 #[cfg(target_os = "none")]
 pub use run::{blkbench, blktest};
 
-/// One figure in the measurement lab's line format (`cargo xtask bench` parses it): a
-/// single run, so every statistic is the value.
-pub fn lab_line(name: &str, unit: &str, v: u64) {
-    pv_guest_kernel::println!(
-        "bench: name={name} unit={unit} batch=1 n=1 min={v} p10={v} median={v} p90={v} max={v} outliers=0 overhead=0"
-    );
-}
-
 #[cfg(target_os = "none")]
 mod run {
     use super::*;
     use crate::disk::{Completion, Disk, DmaBuf, Op, MAX_INFLIGHT};
     use crate::virtio;
+    use pv_guest_kernel::lab::Figure;
     use pv_guest_kernel::mm::pv::PvFrames;
     use pv_guest_kernel::xtf::Checker;
     use pv_guest_kernel::{events, println, rt, time};
@@ -320,7 +313,8 @@ mod run {
                             ns / 1_000_000
                         );
                         if depth == 1 {
-                            lab_line(&alloc::format!("blk_dom0_seq_{name}_64k"), "KB/s", mb * 10);
+                            let id = alloc::format!("blk_dom0_seq_{name}_64k");
+                            Figure::single(&id, "KB/s", mb * 10).print();
                         }
                     }
                     None => c.fail(format_args!("seq {name} qd{depth}"), "device error"),
@@ -340,7 +334,7 @@ mod run {
                 Some(ns) => {
                     let (_, iops) = rates(random_ops * 4096, random_ops, ns);
                     if depth == 1 {
-                        lab_line("blk_dom0_rand_read_4k", "IOPS", iops);
+                        Figure::single("blk_dom0_rand_read_4k", "IOPS", iops).print();
                     }
                     println!(
                         "blkbench: {mode} rand read 4KiB qd{depth}: {iops} IOPS ({random_ops} requests, {} ms)",

@@ -76,6 +76,7 @@ pub mod heap;
 pub mod host;
 pub mod hv;
 pub mod hypercall;
+pub mod lab;
 pub mod mem;
 pub mod mm;
 pub mod platform;

@@ -181,10 +181,20 @@ impl Lab {
             Ok(_) => {
                 let n = n.min(self.samples.len());
                 match stats(&mut self.samples[..n], self.overhead, batch as u64) {
-                    Some(s) => println!(
-                        "bench: name={name} unit=cycles batch={batch} n={} min={} p10={} median={} p90={} max={} outliers={} overhead={}",
-                        s.n, s.min, s.p10, s.median, s.p90, s.max, s.outliers, self.overhead
-                    ),
+                    Some(s) => pv_guest_kernel::lab::Figure {
+                        name,
+                        unit: "cycles",
+                        batch: batch as u64,
+                        n: s.n as u64,
+                        min: s.min,
+                        p10: s.p10,
+                        median: s.median,
+                        p90: s.p90,
+                        max: s.max,
+                        outliers: s.outliers as u64,
+                        overhead: self.overhead,
+                    }
+                    .print(),
                     None => self.fail(name, format_args!("no samples")),
                 }
             }

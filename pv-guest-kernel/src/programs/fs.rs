@@ -34,6 +34,7 @@ use pv_drivers::blockdev::{BlockDevice, MemDisk};
 use pv_drivers::fat::{self, FatFs};
 use pv_guest_kernel::abi::xenbus::XenbusState;
 use pv_guest_kernel::drivers::PvPlatform;
+use pv_guest_kernel::lab::Figure;
 use pv_guest_kernel::pv_drivers::blk::front::{self, blk_frontend, BlkFrontend, FrontConfig};
 use pv_guest_kernel::pv_drivers::xenstore::{Xs, XsError};
 use pv_guest_kernel::xtf::{self, Checker};
@@ -598,11 +599,9 @@ pub fn blkbench(env: &Env) -> ! {
                 ns / 1_000_000
             );
             if call == 64 * 1024 {
-                // The lab's line (a single run: every statistic is the value), KB/s.
-                let v = mb * 10;
-                println!(
-                    "bench: name=blk_guest_seq_{name}_64k unit=KB/s batch=1 n=1 min={v} p10={v} median={v} p90={v} max={v} outliers=0 overhead=0"
-                );
+                // The lab's line (one run), KB/s.
+                let id = format!("blk_guest_seq_{name}_64k");
+                Figure::single(&id, "KB/s", mb * 10).print();
             }
         }
     }
@@ -628,8 +627,6 @@ pub fn blkbench(env: &Env) -> ! {
         "blkbench: {kind} rand read 4KiB qd1: {iops} IOPS ({ops} requests, {} ms)",
         ns / 1_000_000
     );
-    println!(
-        "bench: name=blk_guest_rand_read_4k unit=IOPS batch=1 n=1 min={iops} p10={iops} median={iops} p90={iops} max={iops} outliers=0 overhead=0"
-    );
+    Figure::single("blk_guest_rand_read_4k", "IOPS", iops).print();
     c.finish()
 }
